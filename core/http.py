@@ -1,0 +1,47 @@
+"""HTTP pieces both apps share: the JSON error shape of API.md and the
+handlers for errors that are not any one route's."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
+_ENCODER = msgspec.json.Encoder()
+
+_CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_ENCODER.encode(body), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def error_response(status: int, detail: str, error_code: str, errors: list | None = None,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    body = {"detail": detail, "error_code": error_code, "errors": errors or [], **extra}
+    return json_response(body, status, headers)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.status_code != 404 else f"No route for {request.url.path}"
+    return error_response(exc.status_code, detail, _CODES.get(exc.status_code, "HTTP_ERROR"),
+                          headers=dict(exc.headers or {}))
+
+
+async def internal_error(request: Request, exc: Exception) -> Response:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    logger.error("unhandled error on %s %s (request_id=%s)", request.method, request.url.path,
+                 request_id, exc_info=exc)
+    return error_response(500, "Internal error; it has been logged with this request id.",
+                          "INTERNAL_ERROR", request_id=request_id, headers={"X-Request-ID": request_id})
+
+
+COMMON_HANDLERS: dict[Any, Any] = {HTTPException: http_error, Exception: internal_error}

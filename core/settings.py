@@ -1,0 +1,149 @@
+"""The one place that reads config.toml and the environment.
+
+`load_settings()` decodes the file into frozen Structs, applies
+`PS_<SECTION>_<KEY>` overrides, resolves relative paths against the file's
+folder and validates ranges. Components receive only their own section.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta, Struct
+
+CONFIG_ENV = "PS_CONFIG"
+ENV_PREFIX = "PS_"
+
+Seconds = Annotated[float, Meta(gt=0)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class ServiceSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    shutdown_grace: Annotated[float, Meta(ge=0)] = 30.0
+    health_check_interval: Seconds = 1.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class IngestSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8001
+    workers: Annotated[int, Meta(ge=0, le=256)] = 0
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
+    flush_timeout: Seconds = 10.0
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+class QuerySettings(Struct, frozen=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: Port = 8002
+
+
+class SpoolSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    path: str = "data/spool.db"
+    sync: Literal["full", "normal"] = "full"
+    max_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 1024 * 1024 * 1024
+    busy_timeout: Seconds = 10.0
+    group_commit_max_entries: Annotated[int, Meta(ge=1, le=10_000)] = 256
+
+
+class FlushSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    batch_rows: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    max_delay: Annotated[float, Meta(ge=0)] = 1.0
+    orphan_grace: Annotated[float, Meta(ge=0)] = 600.0
+    retry_initial: Seconds = 0.2
+    retry_max: Seconds = 5.0
+
+
+class SinkSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "sqlite:///data/store.db"
+    connect_timeout: Seconds = 5.0
+
+
+class Settings(Struct, frozen=True, forbid_unknown_fields=True):
+    service: ServiceSettings = ServiceSettings()
+    ingest: IngestSettings = IngestSettings()
+    query: QuerySettings = QuerySettings()
+    spool: SpoolSettings = SpoolSettings()
+    flush: FlushSettings = FlushSettings()
+    sink: SinkSettings = SinkSettings()
+    # The file these settings came from ("" when none); children re-load it.
+    source: str = ""
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key."""
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
+    """Read the config file (argument, else $PS_CONFIG, else ./config.toml
+    when present), apply PS_<SECTION>_<KEY> overrides, validate."""
+    env = os.environ if environ is None else environ
+    file = _find_file(path, env)
+    raw = _read_toml(file) if file else {}
+    _apply_env(raw, env)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration{f' in {file}' if file else ''}: {exc}") from exc
+    base = file.parent if file else Path.cwd()
+    return _resolve_paths(settings, base, str(file or ""))
+
+
+def _find_file(path: str | os.PathLike[str] | None, env: os.Mapping[str, str]) -> Path | None:
+    chosen = path or env.get(CONFIG_ENV)
+    if chosen:
+        file = Path(chosen).resolve()
+        if not file.is_file():
+            raise ConfigError(f"configuration file not found: {file}")
+        return file
+    default = Path.cwd() / "config.toml"
+    return default.resolve() if default.is_file() else None
+
+
+def _read_toml(file: Path) -> dict:
+    try:
+        return msgspec.toml.decode(file.read_bytes())
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
+
+
+def _apply_env(raw: dict, env: os.Mapping[str, str]) -> None:
+    """PS_FLUSH_BATCH_ROWS=500 sets raw['flush']['batch_rows'] = '500'
+    (converted to the key's type by msgspec's lax mode)."""
+    for section in Settings.__struct_fields__:
+        if section == "source":
+            continue
+        for key in type(getattr(Settings(), section)).__struct_fields__:
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env:
+                raw.setdefault(section, {})[key] = env[name]
+
+
+def _resolve_paths(settings: Settings, base: Path, source: str) -> Settings:
+    spool = msgspec.structs.replace(settings.spool, path=str((base / settings.spool.path).resolve()))
+    sink = msgspec.structs.replace(settings.sink, url=_resolve_sqlite_url(settings.sink.url, base))
+    _check_url(sink.url)
+    return msgspec.structs.replace(settings, spool=spool, sink=sink, source=source)
+
+
+def _resolve_sqlite_url(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "/"):
+        return url
+    return prefix + str((base / url[len(prefix):]).resolve())
+
+
+def _check_url(url: str) -> None:
+    scheme = urlsplit(url).scheme
+    if scheme not in ("sqlite", "mysql"):
+        raise ConfigError(f"sink.url: unknown scheme {scheme!r} (use sqlite:///path or mysql://user:pass@host:port/db)")
+    if scheme == "mysql" and not urlsplit(url).path.strip("/"):
+        raise ConfigError("sink.url: a mysql URL must name a database (mysql://user@host:3306/db)")

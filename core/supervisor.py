@@ -1,0 +1,121 @@
+"""`persistence-service run`: start the ingest server (granian, N workers),
+the flusher and the query server as child processes, restart a child that
+dies, and on SIGTERM/SIGINT stop in order: ingest first (no new writes), then
+the flusher (drains for up to shutdown_grace), then the query server.
+
+Children are fresh interpreters (fork + exec), so no SQLite connection ever
+crosses a fork. Signal handlers only set a flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from core.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+EXIT_FATAL = 78  # a child that exits with this cannot start (bad config, unusable spool)
+STOP_TIMEOUT_S = 30.0
+RESTART_WINDOW_S = 60.0
+MAX_RESTARTS_IN_WINDOW = 10
+
+
+def role_command(role: str, settings: Settings) -> list[str]:
+    """The argv that starts one role in the foreground."""
+    if role == "flusher":
+        return [sys.executable, "-m", "flusher"]
+    if role == "ingest":
+        return _granian("ingest.app:create_app", settings.ingest.host, settings.ingest.port,
+                        settings.ingest.worker_count)
+    if role == "query":
+        return _granian("query.app:create_app", settings.query.host, settings.query.port, 1)
+    raise ValueError(f"unknown role {role!r}")
+
+
+def _granian(target: str, host: str, port: int, workers: int) -> list[str]:
+    return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws",
+            "--host", host, "--port", str(port), "--workers", str(workers),
+            "--respawn-failed-workers", "--log-level", "warning", target]
+
+
+class Child:
+    def __init__(self, role: str, argv: list[str]) -> None:
+        self.role = role
+        self.argv = argv
+        self.proc: subprocess.Popen | None = None
+        self.starts: list[float] = []
+
+    def start(self) -> None:
+        self.starts = [t for t in self.starts if time.monotonic() - t < RESTART_WINDOW_S]
+        self.starts.append(time.monotonic())
+        self.proc = subprocess.Popen(self.argv)
+        logger.info("started %s (pid %d)", self.role, self.proc.pid)
+
+    def is_crash_looping(self) -> bool:
+        return len(self.starts) >= MAX_RESTARTS_IN_WINDOW
+
+    def stop(self, timeout: float) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            logger.error("%s did not stop within %.0f s; killing it", self.role, timeout)
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stop = threading.Event()
+        # Start order; stop order is ingest, flusher, query.
+        self._children = {role: Child(role, role_command(role, settings))
+                          for role in ("flusher", "query", "ingest")}
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        for child in self._children.values():
+            child.start()
+        code = 0
+        while not self._stop.wait(self._settings.service.health_check_interval):
+            code = self._check_children()
+            if code:
+                break
+        self._shutdown()
+        return code
+
+    def _check_children(self) -> int:
+        for child in self._children.values():
+            status = child.proc.poll() if child.proc else None
+            if status is None:
+                continue
+            if status == EXIT_FATAL or child.is_crash_looping():
+                logger.critical("%s cannot run (exit %s); stopping the service", child.role, status)
+                return EXIT_FATAL
+            logger.error("%s exited with %s; restarting it", child.role, status)
+            child.start()
+        return 0
+
+    def _shutdown(self) -> None:
+        logger.info("stopping: ingest first, then the flusher drains for up to %.0f s",
+                    self._settings.service.shutdown_grace)
+        self._children["ingest"].stop(STOP_TIMEOUT_S)
+        self._children["flusher"].stop(self._settings.service.shutdown_grace + STOP_TIMEOUT_S)
+        self._children["query"].stop(STOP_TIMEOUT_S)
+        logger.info("stopped")
+
+
+def exec_role(role: str, settings: Settings) -> None:
+    """Replace this process with one role (for systemd units and containers)."""
+    argv = role_command(role, settings)
+    os.execv(argv[0], argv)

@@ -1,0 +1,1 @@
+"""The drain: spool → coalesce → sink → trim."""

@@ -1,0 +1,60 @@
+"""Decoding spool entries and coalescing their records by key. Pure: no I/O."""
+
+from __future__ import annotations
+
+from msgspec import DecodeError, Struct
+
+from core.records import (KIND_SESSIONS, KIND_TASKS, SESSION_DECODER, TASK_DECODER, Session,
+                          SpoolEntry, Task, version_us)
+
+
+class Item(Struct):
+    """One record with what decides which write of its key wins."""
+    key: str
+    version: int
+    seq: int  # spool order breaks version ties: the later write wins
+    received_at_us: int
+    record: Session | Task
+    held_id: int = 0  # set when the item comes back from the held table
+
+
+class BadEntry(Struct):
+    entry: SpoolEntry
+    error: str
+
+
+class Coalesced(Struct):
+    sessions: dict[str, Item]
+    tasks: dict[str, Item]
+    bad: list[BadEntry]
+
+
+def coalesce(entries: list[SpoolEntry]) -> Coalesced:
+    """Per key, keep the record with the highest (version, seq)."""
+    out = Coalesced({}, {}, [])
+    for entry in entries:
+        try:
+            records = _decode(entry)
+        except DecodeError as exc:
+            out.bad.append(BadEntry(entry, f"undecodable spool entry: {exc}"))
+            continue
+        target = out.sessions if entry.kind == KIND_SESSIONS else out.tasks
+        for record in records:
+            key = record.session_id if entry.kind == KIND_SESSIONS else record.task_id
+            merge(target, Item(key, version_us(record, entry.received_at_us), entry.seq,
+                               entry.received_at_us, record))
+    return out
+
+
+def merge(target: dict[str, Item], item: Item) -> None:
+    current = target.get(item.key)
+    if current is None or (item.version, item.seq) >= (current.version, current.seq):
+        target[item.key] = item
+
+
+def _decode(entry: SpoolEntry) -> list[Session] | list[Task]:
+    if entry.kind == KIND_SESSIONS:
+        return SESSION_DECODER.decode(entry.payload).sessions
+    if entry.kind == KIND_TASKS:
+        return TASK_DECODER.decode(entry.payload).tasks
+    raise DecodeError(f"unknown entry kind {entry.kind}")

@@ -1,0 +1,124 @@
+"""The flusher's loop: wait for a batch, drain it, retry transient sink
+errors with backoff (in order, skipping nothing), publish a heartbeat, and on
+stop drain what is left for at most shutdown_grace seconds."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from core.settings import FlushSettings
+from core.times import now_us
+from flusher.drain import Drainer
+from flusher.retry import Backoff
+from plugins import Sink, TransientSinkError
+from wal import Spool
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.01
+BEAT_EVERY_S = 1.0
+HELD_RETRY_EVERY_S = 2.0
+PING_EVERY_S = 5.0
+
+
+class Flusher:
+    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings) -> None:
+        self._spool = spool
+        self._sink = sink
+        self._settings = settings
+        self._drainer = Drainer(spool, sink, settings)
+        self._backoff = Backoff(settings.retry_initial, settings.retry_max)
+        self._last_beat = 0.0
+        self._last_held_check = 0.0
+        self._last_ping = time.monotonic()
+        self._sink_healthy = False
+        self._sink_error = ""
+
+    def run(self, stop: threading.Event, shutdown_grace_s: float) -> None:
+        """Loop until stop is set, then drain for at most shutdown_grace_s."""
+        self._set_health(self._ping_sink(), self._sink_error)
+        while not stop.is_set():
+            self._step(stop)
+        deadline = time.monotonic() + shutdown_grace_s
+        while self._spool.waiting().oldest_received_us and time.monotonic() < deadline:
+            self._step(stop, deadline)
+        left = self._spool.waiting().records
+        logger.info("flusher stopped; %d records left in the spool", left)
+
+    def _step(self, stop: threading.Event, deadline: float | None = None) -> None:
+        try:
+            drained = self._drain_ready(stop.is_set())
+            if not drained:
+                self._idle_chores()
+                time.sleep(POLL_S)
+            self._backoff.reset()
+        except TransientSinkError as exc:
+            self._set_health(False, str(exc))
+            delay = self._backoff.next_delay()
+            logger.warning("sink unavailable, retrying in %.2f s: %s", delay, exc)
+            self._sleep(delay, stop if deadline is None else None, deadline)
+        except Exception:  # a bug: log with context and keep the service up; nothing is trimmed
+            logger.exception("drain cycle failed; retrying")
+            self._sleep(self._backoff.next_delay(), stop if deadline is None else None, deadline)
+
+    def _drain_ready(self, stopping: bool) -> bool:
+        waiting = self._spool.waiting()
+        if not waiting.oldest_received_us:
+            return False
+        age_s = (now_us() - waiting.oldest_received_us) / 1e6
+        full = waiting.records >= self._settings.batch_rows
+        if not (full or stopping or waiting.is_flush_requested or age_s >= self._settings.max_delay):
+            return False
+        entries = self._spool.read(0, self._settings.batch_rows)
+        held = self._due_held()
+        started = time.monotonic()
+        report = self._drainer.drain_once(entries, held)
+        logger.debug("drained through seq %d: %d sessions, %d tasks in %.1f ms", report.through_seq,
+                     report.sessions_written, report.tasks_written, (time.monotonic() - started) * 1000)
+        self._set_health(True, "")
+        return True
+
+    def _due_held(self) -> list:
+        if time.monotonic() - self._last_held_check < HELD_RETRY_EVERY_S:
+            return []
+        self._last_held_check = time.monotonic()
+        return self._spool.held()
+
+    def _idle_chores(self) -> None:
+        now = time.monotonic()
+        if now - self._last_held_check >= HELD_RETRY_EVERY_S and self._spool.held_count():
+            self._last_held_check = now
+            held = self._spool.held()
+            if held:
+                self._drainer.drain_once([], held)
+        if now - self._last_ping >= PING_EVERY_S:
+            self._last_ping = now
+            self._set_health(self._ping_sink(), self._sink_error)
+        if now - self._last_beat >= BEAT_EVERY_S:
+            self._beat()
+
+    def _ping_sink(self) -> bool:
+        healthy = self._sink.ping()
+        if not healthy:
+            self._sink_error = self._sink_error or "the database does not answer"
+        return healthy
+
+    def _set_health(self, healthy: bool, error: str) -> None:
+        changed = (healthy, error) != (self._sink_healthy, self._sink_error)
+        self._sink_healthy, self._sink_error = healthy, ("" if healthy else error)
+        if changed or time.monotonic() - self._last_beat >= BEAT_EVERY_S:
+            self._beat()
+
+    def _beat(self) -> None:
+        self._last_beat = time.monotonic()
+        self._spool.beat(self._sink_healthy, self._sink_error)
+
+    def _sleep(self, seconds: float, stop: threading.Event | None, deadline: float | None) -> None:
+        if deadline is not None:
+            seconds = max(0.0, min(seconds, deadline - time.monotonic()))
+        if stop is not None:
+            stop.wait(seconds)
+        else:
+            time.sleep(seconds)

@@ -1,0 +1,55 @@
+"""The ingest ASGI app. Granian calls create_app() as a factory in every
+worker process; the spool is opened in the lifespan, after the fork."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from core.logging import setup_logging
+from core.settings import Settings, load_settings
+from core.times import now_us
+from ingest import routes
+from ingest.errors import EXCEPTION_HANDLERS
+from ingest.writer import SpoolWriter
+from wal import Spool
+
+
+class State(TypedDict):
+    writer: SpoolWriter
+    spool: Spool
+    max_body_bytes: int
+    flush_timeout: float
+    started_us: int
+
+
+ROUTES = [
+    Route("/api/v1/translation/sessions/batch", routes.post_sessions, methods=["POST"]),
+    Route("/api/v1/translation/tasks/batch", routes.post_tasks, methods=["POST"]),
+    Route("/api/v1/translation/flush", routes.flush, methods=["POST"]),
+    Route("/health", routes.health, methods=["GET"]),
+]
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    if settings is None:
+        settings = load_settings()
+        setup_logging(settings.service.log_level)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        writer = SpoolWriter(settings.spool)
+        writer.start()
+        spool = Spool.open(settings.spool)
+        try:
+            yield State(writer=writer, spool=spool, max_body_bytes=settings.ingest.max_body_bytes,
+                        flush_timeout=settings.ingest.flush_timeout, started_us=now_us())
+        finally:
+            writer.stop()
+            spool.close()
+
+    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)

@@ -1,0 +1,84 @@
+"""Write-path handlers: batches, flush, health."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from core import VERSION
+from core.http import json_response
+from core.records import KIND_SESSIONS, KIND_TASKS
+from core.times import iso_z, now_us
+from ingest.errors import BodyTooLarge, WrongContentType
+from ingest.validation import validate_batch
+from wal.health import health_report
+from wal.spool import Append
+
+FLUSH_POLL_S = 0.02
+
+
+async def post_sessions(request: Request) -> Response:
+    return await _accept(request, KIND_SESSIONS)
+
+
+async def post_tasks(request: Request) -> Response:
+    return await _accept(request, KIND_TASKS)
+
+
+async def _accept(request: Request, kind: int) -> Response:
+    body = await _read_body(request, request.state.max_body_bytes)
+    count = validate_batch(kind, body)
+    await request.state.writer.append(Append(kind, body, count))
+    return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.lower():
+        raise WrongContentType(f"Content-Type must be application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def flush(request: Request) -> Response:
+    """Waits until everything acknowledged before this call is in the sink."""
+    spool = request.state.spool
+    started = time.monotonic()
+    target = spool.last_seq()
+    sessions_before, tasks_before = spool.pending_counts(target)
+    if spool.flushed_seq() < target:
+        spool.request_flush(target)
+    deadline = started + request.state.flush_timeout
+    while spool.flushed_seq() < target and time.monotonic() < deadline:
+        await asyncio.sleep(FLUSH_POLL_S)
+    sessions_left, tasks_left = spool.pending_counts(target)
+    body = {
+        "status": "flushed" if spool.flushed_seq() >= target else "error",
+        "sessions_written": sessions_before - sessions_left,
+        "tasks_written": tasks_before - tasks_left,
+        "duration_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+    if body["status"] == "flushed":
+        return json_response(body)
+    stats = spool.stats()
+    reason = stats.sink_error or "the flusher has not caught up"
+    body["detail"] = (f"Not everything reached the database within {request.state.flush_timeout} s "
+                      f"({reason}); nothing is lost, it is written when the database is back.")
+    body["error_code"] = "FLUSH_TIMEOUT"
+    return json_response(body, 503, {"Retry-After": "5"})
+
+
+async def health(request: Request) -> Response:
+    status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION)
+    return json_response(body, status)

@@ -1,0 +1,65 @@
+"""Storage backends behind one small interface.
+
+A Sink writes coalesced batches. Rows are tuples in the column order of
+core.records.SESSION_COLUMNS / TASK_COLUMNS, sorted by primary key. Each
+backend converts its driver's errors into exactly two types: TransientSinkError
+(the flusher retries, in order) and RejectedRows (the rows are refused for
+good; the flusher isolates and dead-letters them). The flusher never imports a
+driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from core.settings import SinkSettings
+
+
+class SinkError(Exception):
+    """Base class of sink errors."""
+
+
+class TransientSinkError(SinkError):
+    """The database could not be reached or asked us to retry (connection
+    lost, deadlock, lock wait timeout). Nothing of the batch was committed."""
+
+
+class RejectedRows(SinkError):
+    """The database refused the batch for good (bad value, constraint).
+    Nothing of the batch was committed; `reason` is the database's own text."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Sink(Protocol):
+    def migrate(self) -> None:
+        """Create the database objects when missing; safe to run repeatedly and concurrently."""
+
+    def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
+        """Upsert sessions, then tasks, in one transaction. Per key the row with
+        the highest updated_at (the version) wins, whatever the order batches
+        arrive in; created_at keeps the earliest. Replaying a batch is harmless."""
+
+    def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        """The subset of session_ids that are stored."""
+
+    def ping(self) -> bool:
+        """True when the database answers now."""
+
+    def close(self) -> None: ...
+
+
+def open_sink(settings: SinkSettings) -> Sink:
+    """The sink named by settings.url (sqlite:///path or mysql://user:pass@host:port/db)."""
+    scheme = urlsplit(settings.url).scheme
+    if scheme == "sqlite":
+        from plugins.sqlite import SqliteSink
+        return SqliteSink.connect(settings)
+    if scheme == "mysql":
+        from plugins.mysql import MysqlSink
+        return MysqlSink.connect(settings)
+    raise ValueError(f"no sink for scheme {scheme!r}")

@@ -1,0 +1,218 @@
+"""MySQL / MariaDB sink (pymysql).
+
+Each batch is one multi-row `INSERT ... ON DUPLICATE KEY UPDATE` per table
+and one COMMIT: two statements per 1000 rows. Every updated column is guarded
+by the version, so a stale row arriving late changes nothing; updated_at is
+assigned last because MySQL evaluates the assignments left to right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+
+from core.records import SESSION_COLUMNS, TASK_COLUMNS
+from core.settings import SinkSettings
+from plugins import RejectedRows, TransientSinkError
+
+# Refused for good: bad values and constraints, and a statement too large for
+# max_allowed_packet (splitting the batch fixes that one).
+_REJECT_CODES = {1153, 1301}
+READ_TIMEOUT_S = 120  # a hung server must not block the flusher forever
+SESSION_INIT = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION',"
+                " time_zone = '+00:00', transaction_isolation = 'READ-COMMITTED'")
+
+
+def _tables(collation: str) -> list[str]:
+    tail = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
+    return [
+        f"""CREATE TABLE IF NOT EXISTS translation_sessions (
+            session_id VARCHAR(36) NOT NULL PRIMARY KEY,
+            filename VARCHAR(255) NOT NULL,
+            file_path VARCHAR(512) NOT NULL,
+            status ENUM('pending','processing','completed','failed','cancelled') NOT NULL,
+            llm_provider VARCHAR(50) NOT NULL,
+            game_info JSON NULL,
+            metadata JSON NULL,
+            total_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+            completed_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+            failed_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+            processing_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+            created_at DATETIME(6) NOT NULL,
+            updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
+            KEY idx_sessions_status_created (status, created_at),
+            KEY idx_sessions_created (created_at),
+            KEY idx_sessions_updated (updated_at)
+        ) {tail}""",
+        f"""CREATE TABLE IF NOT EXISTS translation_tasks (
+            task_id VARCHAR(64) NOT NULL PRIMARY KEY,
+            session_id VARCHAR(36) NOT NULL,
+            batch_id VARCHAR(64) NOT NULL,
+            sheet_name VARCHAR(255) NOT NULL,
+            row_index BIGINT UNSIGNED NOT NULL,
+            column_name VARCHAR(255) NOT NULL,
+            source_text TEXT NOT NULL,
+            target_text TEXT NULL,
+            context TEXT NULL,
+            status ENUM('pending','processing','completed','failed') NOT NULL,
+            confidence DECIMAL(5,4) NULL,
+            error_message TEXT NULL,
+            retry_count BIGINT UNSIGNED NOT NULL DEFAULT 0,
+            start_time DATETIME(6) NULL,
+            end_time DATETIME(6) NULL,
+            duration_ms BIGINT UNSIGNED NULL,
+            created_at DATETIME(6) NOT NULL,
+            updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
+            KEY idx_tasks_session_order (session_id, sheet_name, row_index, column_name),
+            KEY idx_tasks_session_status (session_id, status),
+            KEY idx_tasks_status_created (status, created_at)
+        ) {tail}""",
+    ]
+
+
+def _upsert(table: str, columns: Sequence[str]) -> str:
+    keep = [c for c in columns[1:] if c not in ("created_at", "updated_at")]
+    guarded = ", ".join(f"{c} = IF(VALUES(updated_at) >= updated_at, VALUES({c}), {c})" for c in keep)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+        f" ON DUPLICATE KEY UPDATE {guarded},"
+        f" created_at = LEAST(created_at, VALUES(created_at)),"
+        f" updated_at = GREATEST(updated_at, VALUES(updated_at))"
+    )
+
+
+SESSION_UPSERT = _upsert("translation_sessions", SESSION_COLUMNS)
+TASK_UPSERT = _upsert("translation_tasks", TASK_COLUMNS)
+
+
+class MysqlSink:
+    def __init__(self, settings: SinkSettings) -> None:
+        url = urlsplit(settings.url)
+        self._database = url.path.strip("/")
+        self._params = dict(
+            host=url.hostname or "127.0.0.1", port=url.port or 3306,
+            user=unquote(url.username or "root"), password=unquote(url.password or ""),
+            charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
+            read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
+        )
+        self._conn: pymysql.connections.Connection | None = None
+        self._max_stmt_bytes = 1024 * 1024
+
+    @classmethod
+    def connect(cls, settings: SinkSettings) -> MysqlSink:
+        return cls(settings)
+
+    def migrate(self) -> None:
+        """Create the database and tables when missing (utf8mb4, binary no-pad keys)."""
+        conn = self._connection(with_database=False)
+        try:
+            with conn.cursor() as cur:
+                collation = _key_collation(cur)
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self._database}`"
+                            f" CHARACTER SET utf8mb4 COLLATE {collation}")
+                cur.execute(f"USE `{self._database}`")
+                for ddl in _tables(collation):
+                    cur.execute(ddl)
+            conn.commit()
+        except pymysql.err.MySQLError as exc:
+            self._drop()
+            raise _convert(exc) from exc
+
+    def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
+        """One transaction: sessions, then tasks; per key the highest updated_at wins."""
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                cur.max_stmt_length = self._max_stmt_bytes
+                if sessions:
+                    cur.executemany(SESSION_UPSERT, sessions)
+                if tasks:
+                    cur.executemany(TASK_UPSERT, tasks)
+            conn.commit()
+        except pymysql.err.MySQLError as exc:
+            self._rollback_or_drop(exc)
+            raise _convert(exc) from exc
+
+    def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
+        ids = list(session_ids)
+        found: set[str] = set()
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                for start in range(0, len(ids), 500):
+                    chunk = ids[start:start + 500]
+                    cur.execute("SELECT session_id FROM translation_sessions WHERE session_id IN %s",
+                                (chunk,))
+                    found.update(row[0] for row in cur.fetchall())
+            conn.rollback()  # end the read transaction
+        except pymysql.err.MySQLError as exc:
+            self._rollback_or_drop(exc)
+            raise _convert(exc) from exc
+        return found
+
+    def ping(self) -> bool:
+        try:
+            self._connection().ping(reconnect=False)
+            return True
+        except pymysql.err.MySQLError:
+            self._drop()
+            return False
+
+    def close(self) -> None:
+        self._drop()
+
+    def _connection(self, with_database: bool = True) -> pymysql.connections.Connection:
+        if self._conn is not None and with_database:
+            return self._conn
+        try:
+            conn = pymysql.connect(database=self._database if with_database else None, **self._params)
+        except pymysql.err.MySQLError as exc:
+            raise _convert(exc) from exc
+        if with_database:
+            self._conn = conn
+            self._max_stmt_bytes = _max_statement_bytes(conn)
+        return conn
+
+    def _rollback_or_drop(self, exc: pymysql.err.MySQLError) -> None:
+        if isinstance(_convert(exc), TransientSinkError):
+            self._drop()  # the connection may be dead or mid-result: start clean
+            return
+        try:
+            if self._conn is not None:
+                self._conn.rollback()
+        except pymysql.err.MySQLError:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except pymysql.err.Error:
+                pass  # already closed by the server; nothing else to release
+            self._conn = None
+
+
+def _key_collation(cur: pymysql.cursors.Cursor) -> str:
+    # Keys must compare byte for byte and without trailing-space padding, as
+    # the flusher's coalescing does: 'a' and 'a ' are different tasks.
+    cur.execute("SELECT VERSION()")
+    return "utf8mb4_nopad_bin" if "mariadb" in cur.fetchone()[0].lower() else "utf8mb4_0900_bin"
+
+
+def _max_statement_bytes(conn: pymysql.connections.Connection) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT @@max_allowed_packet")
+        packet = int(cur.fetchone()[0])
+    conn.rollback()
+    return max(256 * 1024, min(packet - 64 * 1024, 64 * 1024 * 1024))
+
+
+def _convert(exc: pymysql.err.MySQLError) -> Exception:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+    if isinstance(exc, pymysql.err.DataError | pymysql.err.IntegrityError) or code in _REJECT_CODES:
+        return RejectedRows(f"mysql error {code}: {exc.args[-1] if exc.args else exc}")
+    # Connection loss, deadlock, lock wait timeout, server shutdown, and anything
+    # unexpected: retry in order rather than drop data.
+    return TransientSinkError(f"mysql error {code}: {exc.args[-1] if exc.args else exc}")

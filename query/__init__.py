@@ -1,0 +1,1 @@
+"""The read, recovery, management and system API (port 8002)."""

@@ -1,0 +1,46 @@
+"""The /health answer of API.md, computed from the spool's counters and the
+flusher's published heartbeat: it never touches the database, so it answers
+in milliseconds even while the database hangs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.times import iso_z, now_us
+from wal.spool import SpoolStats
+
+# The flusher beats at least every second; this much silence means it is not running.
+FLUSHER_STALE_US = 15_000_000
+
+
+def health_report(stats: SpoolStats, started_us: int, version: str) -> tuple[int, dict[str, Any]]:
+    now = now_us()
+    flusher_alive = now - stats.heartbeat_us < FLUSHER_STALE_US
+    database_ok = flusher_alive and stats.sink_healthy
+    accepting = stats.pending_bytes < stats.max_bytes
+    if not accepting:
+        status = "unhealthy"
+    elif not database_ok:
+        status = "degraded"
+    else:
+        status = "healthy"
+    body = {
+        "status": status,
+        "database": "healthy" if database_ok else "unhealthy",
+        "buffer": {
+            "sessions_count": stats.pending_sessions,
+            "tasks_count": stats.pending_tasks,
+            "total_count": stats.pending_sessions + stats.pending_tasks,
+            "capacity": stats.max_bytes,
+            "bytes": stats.pending_bytes,
+            "usage_percent": round(100 * stats.pending_bytes / stats.max_bytes, 2),
+            "last_flush": iso_z(stats.last_flush_us) if stats.last_flush_us else None,
+            "oldest_age_seconds": round((now - stats.oldest_received_us) / 1e6, 3) if stats.oldest_received_us else 0.0,
+            "held_orphans": stats.held_tasks,
+            "dead_letters": stats.dead_letters,
+        },
+        "flusher": {"alive": flusher_alive, "sink_error": stats.sink_error or None},
+        "uptime_seconds": round((now - started_us) / 1e6, 3),
+        "version": version,
+    }
+    return (200 if accepting else 503), body

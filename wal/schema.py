@@ -1,0 +1,95 @@
+"""Spool DDL, pragmas and migrations. The only other module that knows the
+spool's SQL is wal/spool.py."""
+
+from __future__ import annotations
+
+import sqlite3
+
+FORMAT_VERSION = 1
+
+SCHEMA_V1 = """
+CREATE TABLE entries (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,  -- commit order; never reused
+    kind           INTEGER NOT NULL,                   -- core.records.KIND_*
+    received_at_us INTEGER NOT NULL,                   -- acceptance time = default version
+    record_count   INTEGER NOT NULL,
+    payload        BLOB    NOT NULL                    -- the request body, validated JSON
+);
+CREATE TABLE state (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    clock_us            INTEGER NOT NULL DEFAULT 0,  -- last received_at_us handed out
+    live_bytes          INTEGER NOT NULL DEFAULT 0,  -- payload bytes in entries
+    live_sessions       INTEGER NOT NULL DEFAULT 0,
+    live_tasks          INTEGER NOT NULL DEFAULT 0,
+    flushed_seq         INTEGER NOT NULL DEFAULT 0,  -- every seq <= this is in the sink
+    last_flush_us       INTEGER NOT NULL DEFAULT 0,
+    flush_requested_seq INTEGER NOT NULL DEFAULT 0,
+    heartbeat_us        INTEGER NOT NULL DEFAULT 0,  -- flusher liveness
+    sink_healthy        INTEGER NOT NULL DEFAULT 0,
+    sink_error          TEXT    NOT NULL DEFAULT '',
+    sessions_written    INTEGER NOT NULL DEFAULT 0,  -- totals since the spool was created
+    tasks_written       INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO state (id) VALUES (1);
+CREATE TABLE held (                                   -- orphan tasks waiting for their session
+    id             INTEGER PRIMARY KEY,
+    task_id        TEXT    NOT NULL,
+    session_id     TEXT    NOT NULL,
+    received_at_us INTEGER NOT NULL,
+    held_since_us  INTEGER NOT NULL,
+    payload        BLOB    NOT NULL                   -- one Task as JSON
+);
+CREATE INDEX held_session ON held (session_id);
+CREATE TABLE dead_letters (
+    id             INTEGER PRIMARY KEY,
+    seq            INTEGER NOT NULL,
+    kind           INTEGER NOT NULL,
+    record_key     TEXT    NOT NULL,
+    received_at_us INTEGER NOT NULL,
+    failed_at_us   INTEGER NOT NULL,
+    error          TEXT    NOT NULL,
+    payload        BLOB    NOT NULL                   -- one record as JSON (or the raw entry if undecodable)
+);
+"""
+
+
+def apply_pragmas(conn: sqlite3.Connection, sync: str, busy_timeout_s: float) -> None:
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    # WAL lets the flusher read while ingest workers append (litequeue does the same).
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise sqlite3.OperationalError(f"could not switch the spool to WAL mode (got {mode})")
+    # FULL fsyncs the WAL at every commit: an acknowledged batch survives power
+    # loss. NORMAL fsyncs only at checkpoints: it survives any process crash.
+    conn.execute(f"PRAGMA synchronous = {sync.upper()}")
+    # Bound the WAL file after checkpoints so a burst does not leave it huge.
+    conn.execute("PRAGMA journal_size_limit = 67108864")
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create the schema on a new file; refuse a file from a newer format."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > FORMAT_VERSION:
+            raise sqlite3.DatabaseError(
+                f"spool format {version} is newer than this program's {FORMAT_VERSION}")
+        if version == 0:
+            for statement in _statements(SCHEMA_V1):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _statements(script: str) -> list[str]:
+    """Split a script into statements (comments may hold semicolons)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    return statements

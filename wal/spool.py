@@ -1,0 +1,376 @@
+"""Spool: append, read in order, trim, hold, dead-letter. Layout and
+invariants are in wal/FORMAT.md.
+
+A Spool object owns one SQLite connection and must be used from one thread
+at a time. Every process (and every thread that writes) opens its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from msgspec import Struct
+
+from core.records import KIND_SESSIONS, KIND_TASKS, SpoolEntry
+from core.settings import SpoolSettings
+from core.times import now_us
+from wal import schema
+
+logger = logging.getLogger(__name__)
+
+RETRY_AFTER_FULL_S = 2
+RETRY_AFTER_BUSY_S = 1
+
+
+class SpoolError(Exception):
+    """Base class of spool errors; the request that met one was not accepted."""
+
+    error_code = "SPOOL_UNAVAILABLE"
+    retry_after = RETRY_AFTER_BUSY_S
+
+
+class SpoolFull(SpoolError):
+    """Nothing was appended: the spool is at spool.max_bytes or the disk is full."""
+
+    error_code = "SPOOL_FULL"
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_FULL_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SpoolBusy(SpoolError):
+    """Nothing was appended: the spool lock was not granted within busy_timeout."""
+
+    error_code = "SPOOL_BUSY"
+
+
+class SpoolCorrupt(SpoolError):
+    """The spool file cannot be read as a spool."""
+
+
+class Append(Struct, frozen=True):
+    kind: int
+    payload: bytes
+    record_count: int
+
+
+class HeldTask(Struct, frozen=True):
+    task_id: str
+    session_id: str
+    received_at_us: int
+    held_since_us: int
+    payload: bytes
+    id: int = 0
+
+
+class DeadLetter(Struct, frozen=True):
+    seq: int
+    kind: int
+    record_key: str
+    received_at_us: int
+    error: str
+    payload: bytes
+    failed_at_us: int = 0
+    id: int = 0
+
+
+class DrainCommit(Struct):
+    """What one flusher cycle changes in the spool, applied atomically after
+    the sink committed."""
+    through_seq: int
+    sessions_written: int = 0
+    tasks_written: int = 0
+    hold: list[HeldTask] = []
+    release: list[int] = []
+    dead: list[DeadLetter] = []
+
+
+class Waiting(Struct, frozen=True):
+    records: int
+    oldest_received_us: int  # 0 when nothing waits
+    is_flush_requested: bool
+
+
+class SpoolStats(Struct, frozen=True):
+    pending_sessions: int
+    pending_tasks: int
+    pending_bytes: int
+    max_bytes: int
+    last_seq: int
+    flushed_seq: int
+    last_flush_us: int
+    oldest_received_us: int  # 0 when empty
+    heartbeat_us: int
+    sink_healthy: bool
+    sink_error: str
+    held_tasks: int
+    dead_letters: int
+    sessions_written: int
+    tasks_written: int
+
+
+class Spool:
+    def __init__(self, conn: sqlite3.Connection, settings: SpoolSettings) -> None:
+        self._conn = conn
+        self._settings = settings
+
+    @classmethod
+    def open(cls, settings: SpoolSettings) -> Spool:
+        """Open (creating when missing) the spool file named by settings.path."""
+        path = Path(settings.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(path, timeout=settings.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            schema.apply_pragmas(conn, settings.sync, settings.busy_timeout)
+            schema.migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            if _is_busy(exc):
+                raise SpoolBusy(f"spool {path} is locked: {exc}") from exc
+            raise SpoolCorrupt(
+                f"spool {path} cannot be opened: {exc}. Stop the service and move the file "
+                f"aside (its intact entries can be salvaged), or restore it from a backup."
+            ) from exc
+        return cls(conn, settings)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- ingest ---------------------------------------------------------------
+
+    def append_many(self, items: Sequence[Append]) -> list[int | SpoolError]:
+        """Append several requests in one transaction (one fsync with
+        sync=full). Returns, per item in order, its seq or the error that kept
+        it out. Items that fit are committed before this returns; an item that
+        would pass max_bytes gets SpoolFull and is not written."""
+        try:
+            return self._append_many(items)
+        except sqlite3.Error as exc:
+            error = _append_error(exc)
+            return [error for _ in items]
+
+    def _append_many(self, items: Sequence[Append]) -> list[int | SpoolError]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            clock, live_bytes = conn.execute("SELECT clock_us, live_bytes FROM state").fetchone()
+            results: list[int | SpoolError] = []
+            added = {KIND_SESSIONS: 0, KIND_TASKS: 0}
+            received = max(now_us(), clock + 1)
+            for item in items:
+                if live_bytes + len(item.payload) > self._settings.max_bytes:
+                    results.append(SpoolFull(f"spool holds {live_bytes} bytes, limit {self._settings.max_bytes}"))
+                    continue
+                cur = conn.execute(
+                    "INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",
+                    (item.kind, received, item.record_count, item.payload))
+                results.append(cur.lastrowid)
+                live_bytes += len(item.payload)
+                added[item.kind] = added.get(item.kind, 0) + item.record_count
+                received += 1  # versions stay strictly increasing inside one commit
+            conn.execute(
+                "UPDATE state SET clock_us = ?, live_bytes = ?, live_sessions = live_sessions + ?,"
+                " live_tasks = live_tasks + ?", (received - 1, live_bytes, added[KIND_SESSIONS], added[KIND_TASKS]))
+            conn.execute("COMMIT")
+            return results
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def last_seq(self) -> int:
+        """The highest seq ever committed (0 for a new spool)."""
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
+        return row[0] if row else 0
+
+    def pending_counts(self, through_seq: int) -> tuple[int, int]:
+        """(sessions, tasks) still waiting in entries with seq <= through_seq."""
+        rows = self._conn.execute(
+            "SELECT kind, sum(record_count) FROM entries WHERE seq <= ? GROUP BY kind",
+            (through_seq,)).fetchall()
+        counts = dict(rows)
+        return counts.get(KIND_SESSIONS, 0), counts.get(KIND_TASKS, 0)
+
+    def flushed_seq(self) -> int:
+        """Every entry with seq <= this is committed to the sink."""
+        return self._conn.execute("SELECT flushed_seq FROM state").fetchone()[0]
+
+    def request_flush(self, through_seq: int) -> None:
+        """Ask the flusher to write through this seq now rather than wait to fill a batch."""
+        self._write("UPDATE state SET flush_requested_seq = max(flush_requested_seq, ?)", (through_seq,))
+
+    # -- flusher --------------------------------------------------------------
+
+    def read(self, after_seq: int, max_records: int) -> list[SpoolEntry]:
+        """Entries with seq > after_seq in seq order, whole entries only, up to
+        max_records records (at least one entry when any is waiting)."""
+        cur = self._conn.execute(
+            "SELECT seq, kind, received_at_us, record_count, payload FROM entries"
+            " WHERE seq > ? ORDER BY seq", (after_seq,))
+        entries: list[SpoolEntry] = []
+        total = 0
+        try:
+            for row in cur:
+                if entries and total + row[3] > max_records:
+                    break
+                entries.append(SpoolEntry(*row))
+                total += row[3]
+                if total >= max_records:
+                    break
+        finally:
+            cur.close()
+        return entries
+
+    def waiting(self) -> Waiting:
+        """What the flusher polls between batches: cheap, reads no payload."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            records, requested, flushed = conn.execute(
+                "SELECT live_sessions + live_tasks, flush_requested_seq, flushed_seq FROM state").fetchone()
+            oldest = conn.execute("SELECT received_at_us FROM entries ORDER BY seq LIMIT 1").fetchone()
+        finally:
+            conn.execute("COMMIT")
+        return Waiting(records, oldest[0] if oldest else 0, requested > flushed)
+
+    def commit_drain(self, change: DrainCommit) -> None:
+        """After a sink commit: trim entries through change.through_seq, record
+        progress, hold orphans, release held tasks, add dead letters, all in
+        one transaction. Replaying a cycle whose commit_drain never ran is
+        harmless because sink writes are idempotent upserts."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._trim(change.through_seq)
+            now = now_us()
+            conn.execute(
+                "UPDATE state SET flushed_seq = max(flushed_seq, ?), last_flush_us = ?, heartbeat_us = ?,"
+                " sessions_written = sessions_written + ?, tasks_written = tasks_written + ?",
+                (change.through_seq, now, now, change.sessions_written, change.tasks_written))
+            conn.executemany(
+                "INSERT INTO held (task_id, session_id, received_at_us, held_since_us, payload)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(h.task_id, h.session_id, h.received_at_us, h.held_since_us, h.payload) for h in change.hold])
+            conn.executemany("DELETE FROM held WHERE id = ?", [(i,) for i in change.release])
+            self._insert_dead(change.dead, now)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _trim(self, through_seq: int) -> None:
+        conn = self._conn
+        rows = conn.execute(
+            "SELECT kind, sum(record_count), sum(length(payload)) FROM entries WHERE seq <= ? GROUP BY kind",
+            (through_seq,)).fetchall()
+        gone = {kind: (count, size) for kind, count, size in rows}
+        sessions = gone.get(KIND_SESSIONS, (0, 0))
+        tasks = gone.get(KIND_TASKS, (0, 0))
+        size = sum(v[1] for v in gone.values())
+        conn.execute("DELETE FROM entries WHERE seq <= ?", (through_seq,))
+        conn.execute(
+            "UPDATE state SET live_bytes = live_bytes - ?, live_sessions = live_sessions - ?,"
+            " live_tasks = live_tasks - ?", (size, sessions[0], tasks[0]))
+
+    def held(self, limit: int = 10_000) -> list[HeldTask]:
+        """Held orphan tasks, oldest first."""
+        rows = self._conn.execute(
+            "SELECT task_id, session_id, received_at_us, held_since_us, payload, id FROM held"
+            " ORDER BY id LIMIT ?", (limit,)).fetchall()
+        return [HeldTask(*row) for row in rows]
+
+    def held_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM held").fetchone()[0]
+
+    def beat(self, sink_healthy: bool, sink_error: str = "") -> None:
+        """Publish the flusher's liveness and the sink's health."""
+        self._write("UPDATE state SET heartbeat_us = ?, sink_healthy = ?, sink_error = ?",
+                    (now_us(), int(sink_healthy), sink_error[:500]))
+
+    # -- dead letters ---------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100, after_id: int = 0) -> list[DeadLetter]:
+        rows = self._conn.execute(
+            "SELECT seq, kind, record_key, received_at_us, error, payload, failed_at_us, id"
+            " FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def purge_dead_letters(self, ids: Iterable[int] | None = None) -> int:
+        """Delete the given dead letters (all when ids is None); returns how many."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if ids is None:
+                cur = conn.execute("DELETE FROM dead_letters")
+            else:
+                cur = conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids])
+            conn.execute("COMMIT")
+            return cur.rowcount
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    def _insert_dead(self, dead: Sequence[DeadLetter], now: int) -> None:
+        self._conn.executemany(
+            "INSERT INTO dead_letters (seq, kind, record_key, received_at_us, failed_at_us, error, payload)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(d.seq, d.kind, d.record_key, d.received_at_us, now, d.error, d.payload) for d in dead])
+
+    # -- status ---------------------------------------------------------------
+
+    def stats(self) -> SpoolStats:
+        """A consistent snapshot of the spool's counters (one read transaction)."""
+        conn = self._conn
+        conn.execute("BEGIN")
+        try:
+            state = conn.execute(
+                "SELECT live_sessions, live_tasks, live_bytes, flushed_seq, last_flush_us, heartbeat_us,"
+                " sink_healthy, sink_error, sessions_written, tasks_written FROM state").fetchone()
+            oldest = conn.execute("SELECT received_at_us FROM entries ORDER BY seq LIMIT 1").fetchone()
+            held = conn.execute("SELECT count(*) FROM held").fetchone()[0]
+            dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            last = self.last_seq()
+        finally:
+            conn.execute("COMMIT")
+        return SpoolStats(
+            pending_sessions=state[0], pending_tasks=state[1], pending_bytes=state[2],
+            max_bytes=self._settings.max_bytes, last_seq=last, flushed_seq=state[3],
+            last_flush_us=state[4], oldest_received_us=oldest[0] if oldest else 0,
+            heartbeat_us=state[5], sink_healthy=bool(state[6]), sink_error=state[7],
+            held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9])
+
+    def _write(self, sql: str, params: tuple) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(sql, params)
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    return (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF  # drop the extended part
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return _primary_code(exc) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _append_error(exc: sqlite3.Error) -> SpoolError:
+    code = _primary_code(exc)
+    if code == sqlite3.SQLITE_FULL:
+        return SpoolFull(f"the disk that holds the spool is full: {exc}")
+    if _is_busy(exc):
+        return SpoolBusy(f"the spool stayed locked for busy_timeout: {exc}")
+    logger.error("spool append failed: %s (sqlite code %s)", exc, code)
+    return SpoolError(f"the spool refused the write: {exc}")
