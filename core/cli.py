@@ -30,3 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "run":
         sys.exit(Supervisor(settings).run())
     exec_role(args.command, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -21,8 +21,10 @@ from plugins import RejectedRows, TransientSinkError
 # max_allowed_packet (splitting the batch fixes that one).
 _REJECT_CODES = {1153, 1301}
 READ_TIMEOUT_S = 120  # a hung server must not block the flusher forever
-SESSION_INIT = ("SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION',"
-                " time_zone = '+00:00', transaction_isolation = 'READ-COMMITTED'")
+# Strict mode: a value the column cannot hold is refused, never truncated.
+SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'"
+# Read committed: fewer gap locks, and existence checks see the latest commits.
+ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 
 def _tables(collation: str) -> list[str]:
@@ -168,11 +170,14 @@ class MysqlSink:
             return self._conn
         try:
             conn = pymysql.connect(database=self._database if with_database else None, **self._params)
+            with conn.cursor() as cur:
+                cur.execute(ISOLATION)
+            if with_database:
+                self._max_stmt_bytes = _max_statement_bytes(conn)
         except pymysql.err.MySQLError as exc:
             raise _convert(exc) from exc
         if with_database:
             self._conn = conn
-            self._max_stmt_bytes = _max_statement_bytes(conn)
         return conn
 
     def _rollback_or_drop(self, exc: pymysql.err.MySQLError) -> None:

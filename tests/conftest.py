@@ -1,0 +1,56 @@
+"""Shared fixtures: real service processes, real databases, real files."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+
+from tests.harness import MYSQL_HOST, MYSQL_PORT, Service
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh database on the shared MariaDB (127.0.0.1:3306), dropped after.
+    A missing MariaDB fails the test: CI has one, and a skip would hide a broken sink."""
+    name = f"ps_test_{uuid.uuid4().hex[:12]}"
+    yield f"mysql://root@{MYSQL_HOST}:{MYSQL_PORT}/{name}"
+    conn = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="")
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def sink_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("mysql_url")
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator:
+    started: list[Service] = []
+
+    def make(sink_url: str, **overrides: object) -> Service:
+        service = Service(tmp_path / f"svc{len(started)}", sink_url, **overrides)
+        started.append(service)
+        service.start()
+        return service
+
+    yield make
+    for service in started:
+        service.kill()
+
+
+@pytest.fixture
+def service(service_factory, sink_url: str) -> Service:
+    return service_factory(sink_url)
+
+
+def pytest_report_header() -> str:
+    return f"persistence-service tests; MariaDB at {MYSQL_HOST}:{MYSQL_PORT}; pid {os.getpid()}"
