@@ -16,6 +16,11 @@ class Item(Struct):
     received_at_us: int
     record: Session | Task
     held_id: int = 0  # set when the item comes back from the held table
+    first_received_us: int = 0  # earliest acceptance of this key seen: becomes created_at
+
+    def __post_init__(self) -> None:
+        if not self.first_received_us:
+            self.first_received_us = self.received_at_us
 
 
 class BadEntry(Struct):
@@ -48,8 +53,13 @@ def coalesce(entries: list[SpoolEntry]) -> Coalesced:
 
 def merge(target: dict[str, Item], item: Item) -> None:
     current = target.get(item.key)
-    if current is None or (item.version, item.seq) >= (current.version, current.seq):
+    if current is None:
         target[item.key] = item
+        return
+    first = min(current.first_received_us, item.first_received_us)
+    if (item.version, item.seq) >= (current.version, current.seq):
+        target[item.key] = current = item
+    current.first_received_us = first
 
 
 def _decode(entry: SpoolEntry) -> list[Session] | list[Task]:

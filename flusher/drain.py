@@ -130,7 +130,7 @@ def _key(item: Item) -> str:
 
 def _row(item: Item) -> tuple:
     make = task_row if isinstance(item.record, Task) else session_row
-    return make(item.record, item.version, item.received_at_us)
+    return make(item.record, item.version, item.first_received_us)
 
 
 def _encode_task(item: Item) -> bytes:
