@@ -17,9 +17,11 @@ from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
 from plugins import RejectedRows, TransientSinkError
 
-# Refused for good: bad values and constraints, and a statement too large for
-# max_allowed_packet (splitting the batch fixes that one).
-_REJECT_CODES = {1153, 1301}
+# Refused for good: bad values and constraints (pymysql maps some of these to
+# OperationalError), and a statement too large for max_allowed_packet
+# (splitting the batch fixes that one). 4025: MariaDB CHECK constraint;
+# 3819: MySQL CHECK constraint; 3140: MySQL invalid JSON.
+_REJECT_CODES = {1048, 1153, 1264, 1265, 1292, 1301, 1366, 1406, 3140, 3819, 4025}
 READ_TIMEOUT_S = 120  # a hung server must not block the flusher forever
 # Strict mode: a value the column cannot hold is refused, never truncated.
 SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,15 @@ def service_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def service(service_factory, sink_url: str) -> Service:
     return service_factory(sink_url)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> random.Random:
+    """A seeded generator; the seed is printed so a failure can be replayed
+    with PS_TEST_SEED=<seed>."""
+    seed = int(os.environ.get("PS_TEST_SEED") or random.SystemRandom().randrange(2**32))
+    print(f"\n{request.node.nodeid}: PS_TEST_SEED={seed}")
+    return random.Random(seed)
 
 
 def pytest_report_header() -> str:

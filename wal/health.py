@@ -17,7 +17,7 @@ def health_report(stats: SpoolStats, started_us: int, version: str) -> tuple[int
     now = now_us()
     flusher_alive = now - stats.heartbeat_us < FLUSHER_STALE_US
     database_ok = flusher_alive and stats.sink_healthy
-    accepting = stats.pending_bytes < stats.max_bytes
+    accepting = not stats.is_refusing
     if not accepting:
         status = "unhealthy"
     elif not database_ok:

@@ -21,6 +21,7 @@ CREATE TABLE state (
     live_bytes          INTEGER NOT NULL DEFAULT 0,  -- payload bytes in entries
     live_sessions       INTEGER NOT NULL DEFAULT 0,
     live_tasks          INTEGER NOT NULL DEFAULT 0,
+    refused_at_us       INTEGER NOT NULL DEFAULT 0,  -- an append was refused for space; 0 again after a trim
     flushed_seq         INTEGER NOT NULL DEFAULT 0,  -- every seq <= this is in the sink
     last_flush_us       INTEGER NOT NULL DEFAULT 0,
     flush_requested_seq INTEGER NOT NULL DEFAULT 0,

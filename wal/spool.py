@@ -111,6 +111,7 @@ class SpoolStats(Struct, frozen=True):
     dead_letters: int
     sessions_written: int
     tasks_written: int
+    is_refusing: bool  # full: a batch was refused for space and nothing has been trimmed since
 
 
 class Spool:
@@ -175,6 +176,8 @@ class Spool:
             conn.execute(
                 "UPDATE state SET clock_us = ?, live_bytes = ?, live_sessions = live_sessions + ?,"
                 " live_tasks = live_tasks + ?", (received - 1, live_bytes, added[KIND_SESSIONS], added[KIND_TASKS]))
+            if any(isinstance(r, SpoolFull) for r in results):
+                conn.execute("UPDATE state SET refused_at_us = ?", (now_us(),))
             conn.execute("COMMIT")
             return results
         except BaseException:
@@ -273,7 +276,7 @@ class Spool:
         conn.execute("DELETE FROM entries WHERE seq <= ?", (through_seq,))
         conn.execute(
             "UPDATE state SET live_bytes = live_bytes - ?, live_sessions = live_sessions - ?,"
-            " live_tasks = live_tasks - ?", (size, sessions[0], tasks[0]))
+            " live_tasks = live_tasks - ?, refused_at_us = 0", (size, sessions[0], tasks[0]))
 
     def held(self, limit: int = 10_000) -> list[HeldTask]:
         """Held orphan tasks, oldest first."""
@@ -328,7 +331,7 @@ class Spool:
         try:
             state = conn.execute(
                 "SELECT live_sessions, live_tasks, live_bytes, flushed_seq, last_flush_us, heartbeat_us,"
-                " sink_healthy, sink_error, sessions_written, tasks_written FROM state").fetchone()
+                " sink_healthy, sink_error, sessions_written, tasks_written, refused_at_us FROM state").fetchone()
             oldest = conn.execute("SELECT received_at_us FROM entries ORDER BY seq LIMIT 1").fetchone()
             held = conn.execute("SELECT count(*) FROM held").fetchone()[0]
             dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
@@ -340,7 +343,8 @@ class Spool:
             max_bytes=self._settings.max_bytes, last_seq=last, flushed_seq=state[3],
             last_flush_us=state[4], oldest_received_us=oldest[0] if oldest else 0,
             heartbeat_us=state[5], sink_healthy=bool(state[6]), sink_error=state[7],
-            held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9])
+            held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9],
+            is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes)
 
     def _write(self, sql: str, params: tuple) -> None:
         conn = self._conn

@@ -1,0 +1,54 @@
+"""The validate-only ceiling for bench_write.py: the ingest worker's request
+path without the spool.
+
+Same server (granian, ASGI, same flags as the supervisor uses), same
+framework (Starlette), same body reading (ingest.routes._read_body), same
+validation (ingest.validation.validate_batch, i.e. core.records.TASK_DECODER
+/ SESSION_DECODER), same 202 answer; the only thing missing is the append to
+the spool and the wait for its commit. Nothing here is part of the service.
+
+    python -m granian --interface asgi --factory --no-ws --workers 2 \
+        --host 127.0.0.1 --port 8001 loadtests.null_app:create_app
+"""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from core.http import json_response
+from core.records import KIND_SESSIONS, KIND_TASKS
+from core.times import iso_z, now_us
+from ingest.errors import EXCEPTION_HANDLERS
+from ingest.routes import _read_body
+from ingest.validation import validate_batch
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+async def _accept(request: Request, kind: int) -> Response:
+    body = await _read_body(request, MAX_BODY_BYTES)
+    count = validate_batch(kind, body)
+    return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
+
+
+async def post_sessions(request: Request) -> Response:
+    return await _accept(request, KIND_SESSIONS)
+
+
+async def post_tasks(request: Request) -> Response:
+    return await _accept(request, KIND_TASKS)
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "healthy", "buffer": {"total_count": 0}})
+
+
+def create_app() -> Starlette:
+    return Starlette(routes=[
+        Route("/api/v1/translation/sessions/batch", post_sessions, methods=["POST"]),
+        Route("/api/v1/translation/tasks/batch", post_tasks, methods=["POST"]),
+        Route("/health", health, methods=["GET"]),
+    ], exception_handlers=EXCEPTION_HANDLERS)
