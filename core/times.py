@@ -3,10 +3,12 @@ since the Unix epoch (UTC); sinks store them as DATETIME(6)-style text."""
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_GMTIME_MAX_S = 253_402_300_800  # 10000-01-01
 
 
 def now_us() -> int:
@@ -25,10 +27,16 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
 
 
+@functools.lru_cache(maxsize=4096)  # records of one request share their acceptance time
 def db_text(us: int) -> str:
     """'YYYY-MM-DD HH:MM:SS.ffffff' in UTC: a MySQL DATETIME(6) literal that also
     sorts correctly as SQLite text."""
-    return from_us(us).strftime("%Y-%m-%d %H:%M:%S.%f")
+    seconds, micros = divmod(us, 1_000_000)
+    if 0 <= seconds < _GMTIME_MAX_S:
+        t = time.gmtime(seconds)
+        return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (t[0], t[1], t[2], t[3], t[4], t[5], micros)
+    d = from_us(us)  # before 1970
+    return "%04d-%02d-%02d %02d:%02d:%02d.%06d" % (d.year, d.month, d.day, d.hour, d.minute, d.second, micros)
 
 
 def iso_z(us: int) -> str:

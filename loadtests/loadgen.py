@@ -12,6 +12,7 @@ loadtests/client_cost.py for the measurement).
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import random
@@ -117,8 +118,13 @@ def task_templates(tag: str, count: int, seed: int = 2) -> list[bytes]:
     return out
 
 
-def stamp(template: bytes, number: int) -> bytes:
-    return template.replace(PLACEHOLDER, b"%010d" % number)
+def split_template(template: bytes) -> list[bytes]:
+    return template.split(PLACEHOLDER)
+
+
+def stamp(parts: list[bytes], number: int) -> bytes:
+    """The body of request `number`: one C-level join (about 5 us for 74 KB)."""
+    return (b"%010d" % number).join(parts)
 
 
 # -- a minimal HTTP/1.1 keep-alive client ------------------------------------
@@ -203,6 +209,7 @@ class ClientPlan(msgspec.Struct, frozen=True):
     rate: float = 0.0  # requests/s for this process; 0 = closed loop (as fast as answers come)
     sessions: int = 8
     host: str = "127.0.0.1"
+    max_requests: int = 0  # > 0: this process stops after that many requests (fills)
 
 
 class ClientResult(msgspec.Struct):
@@ -231,7 +238,7 @@ def client_main(plan: ClientPlan, ready: Any, go: Any, start_at: Any, out: Any) 
 
 
 def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> ClientResult:
-    templates = task_templates(plan.tag, plan.sessions)
+    templates = [split_template(t) for t in task_templates(plan.tag, plan.sessions)]
     setup = RawHttp(plan.host, plan.port)
     status, answer = setup.call("POST", SESSIONS_PATH, sessions_body(plan.tag, plan.sessions))
     if status != 202:
@@ -246,6 +253,7 @@ def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> ClientR
     end = start + plan.duration
     cpu0 = _cpu()
     lock = threading.Lock()
+    quota = itertools.count()  # next() is atomic under the GIL
     shared: dict[str, Any] = {"lat": array("d"), "st": Counter(), "win_req": 0, "win_rows": 0,
                               "rows": 0, "err": [], "late": 0.0}
 
@@ -255,7 +263,7 @@ def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> ClientR
         win_req = win_rows = rows = 0
         errors: list[str] = []
         late_max = 0.0
-        heads = {len(t): conn.head("POST", TASKS_PATH, len(t)) for t in templates}
+        heads = {len(stamp(t, 0)): conn.head("POST", TASKS_PATH, len(stamp(t, 0))) for t in templates}
         number = index
         step = plan.connections
         interval = plan.connections / plan.rate if plan.rate else 0.0
@@ -275,6 +283,8 @@ def _run_client(plan: ClientPlan, ready: Any, go: Any, start_at: Any) -> ClientR
                 t0 = time.monotonic()
                 if t0 >= end:
                     break
+            if plan.max_requests and next(quota) >= plan.max_requests:
+                break
             body = stamp(templates[number % len(templates)], number)
             head = heads[len(body)]
             number += step

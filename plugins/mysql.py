@@ -16,6 +16,7 @@ import pymysql
 from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
 from plugins import RejectedRows, TransientSinkError
+from plugins.mysql_literal import statements
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
@@ -76,14 +77,15 @@ def _tables(collation: str) -> list[str]:
     ]
 
 
-def _upsert(table: str, columns: Sequence[str]) -> str:
+def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
+    """(prefix, suffix) of a multi-row upsert: the rows go in between."""
     keep = [c for c in columns[1:] if c not in ("created_at", "updated_at")]
     guarded = ", ".join(f"{c} = IF(VALUES(updated_at) >= updated_at, VALUES({c}), {c})" for c in keep)
     return (
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ",
         f" ON DUPLICATE KEY UPDATE {guarded},"
         f" created_at = LEAST(created_at, VALUES(created_at)),"
-        f" updated_at = GREATEST(updated_at, VALUES(updated_at))"
+        f" updated_at = GREATEST(updated_at, VALUES(updated_at))",
     )
 
 
@@ -129,11 +131,9 @@ class MysqlSink:
         try:
             conn = self._connection()
             with conn.cursor() as cur:
-                cur.max_stmt_length = self._max_stmt_bytes
-                if sessions:
-                    cur.executemany(SESSION_UPSERT, sessions)
-                if tasks:
-                    cur.executemany(TASK_UPSERT, tasks)
+                for (prefix, suffix), rows in ((SESSION_UPSERT, sessions), (TASK_UPSERT, tasks)):
+                    for statement in statements(prefix, rows, suffix, self._max_stmt_bytes):
+                        cur.execute(statement)
             conn.commit()
         except pymysql.err.MySQLError as exc:
             self._rollback_or_drop(exc)

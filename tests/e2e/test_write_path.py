@@ -111,8 +111,9 @@ def test_orphan_is_dead_lettered_after_the_grace(service_factory, tmp_path) -> N
 
 
 def test_health_reports_the_spool(service) -> None:
-    body = service.http.get("/health").json()
-    assert body["status"] == "healthy" and body["database"] == "healthy"
+    body = wait_for(lambda: (b := service.http.get("/health").json())["status"] == "healthy" and b,
+                    10, "the flusher to report a healthy database")
+    assert body["database"] == "healthy"
     assert set(body["buffer"]) >= {"sessions_count", "tasks_count", "total_count", "capacity",
                                    "usage_percent", "last_flush"}
     assert body["version"] and body["uptime_seconds"] >= 0

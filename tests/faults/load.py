@@ -21,12 +21,14 @@ connection broke: it may or may not be stored) carries a higher version.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import threading
 import time
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,6 +114,7 @@ class Load:
     sessions: int = 20
     rewrite_share: float = 0.4
     max_tasks: int | None = None  # per thread; None = until stop()
+    pause: float = 0.0  # seconds between a thread's requests
     writes: dict[str, list[Write]] = field(default_factory=dict)
     session_ids: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)  # HTTP status or exception name -> requests
@@ -174,6 +177,8 @@ class Load:
                     keys.add(key)
                 posted += len(keys)
                 self._post(client, url, sorted(keys))
+                if self.pause:
+                    self._stop.wait(self.pause)
 
     def _post(self, client: httpx.Client, url: str, keys: list[str]) -> None:
         batch: list[Write] = []
@@ -310,13 +315,43 @@ def flush_until_ok(service: Service, timeout: float) -> httpx.Response:
     return wait_for(attempt, timeout, "POST /flush to answer 200", interval=0.2)
 
 
-def spool_count(service: Service) -> int:
-    """Entries waiting in the spool file, read directly as an operator would."""
-    conn = sqlite3.connect(f"file:{service.spool_path}?mode=ro", uri=True, timeout=30)
+def spool_state(service: Service) -> dict[str, int]:
+    """The spool file read directly, as an operator would: entries waiting,
+    records waiting, and how far the flusher has committed (flushed_seq)."""
+    conn = sqlite3.connect(service.spool_path, timeout=30)
     try:
-        return conn.execute("SELECT count(*) FROM entries").fetchone()[0]
+        entries, records = conn.execute("SELECT count(*), coalesce(sum(record_count), 0) FROM entries").fetchone()
+        flushed = conn.execute("SELECT flushed_seq FROM state").fetchone()[0]
+        return {"entries": entries, "records": records, "flushed_seq": flushed}
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def running(service: Service) -> Iterator[Service]:
+    """Start a service built by hand (e.g. a second one on the same folder) and
+    kill whatever is left of it at the end."""
+    try:
+        service.start()
+        yield service
+    finally:
+        service.kill()
+
+
+def only_flusher(service: Service, not_pid: int = 0, timeout: float = 30) -> int:
+    """The pid of the one running flusher (other than not_pid), waiting for a restart."""
+    def find() -> int | None:
+        pids = [p for p in service.children()["flusher"] if p != not_pid and _state(p) not in "ZX"]
+        return pids[0] if len(pids) == 1 else None
+    return wait_for(find, timeout, f"a flusher other than pid {not_pid}")
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
 
 
 def granian_workers(service: Service) -> list[int]:
