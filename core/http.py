@@ -44,4 +44,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
                           "INTERNAL_ERROR", request_id=request_id, headers={"X-Request-ID": request_id})
 
 
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """For errors that carry error_code and retry_after (the spool's): 503 + Retry-After."""
+    retry_after = getattr(exc, "retry_after", 1)
+    return error_response(503, f"Not accepted: {exc}. Retry later.", getattr(exc, "error_code", "UNAVAILABLE"),
+                          headers={"Retry-After": str(retry_after)})
+
+
 COMMON_HANDLERS: dict[Any, Any] = {HTTPException: http_error, Exception: internal_error}

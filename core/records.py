@@ -84,9 +84,30 @@ class TaskBatch(Struct):
     tasks: Annotated[list[Task], Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
 
 
+class DeleteSession(Struct):
+    session_id: Text36
+
+
+class SetSessionStatus(Struct):
+    session_id: Text36
+    status: SessionStatus
+
+
+class Cleanup(Struct):
+    completed_days: Annotated[float, Meta(ge=0)] = 90
+    failed_days: Annotated[float, Meta(ge=0)] = 30
+    dry_run: bool = False
+
+
 # Spool entry kinds (stored as integers; append only, never renumber).
 KIND_SESSIONS = 1
 KIND_TASKS = 2
+# Commands: applied by the flusher alone, in spool order, after every write before them.
+KIND_DELETE_SESSION = 3
+KIND_SET_SESSION_STATUS = 4
+KIND_CLEANUP = 5
+COMMAND_TYPES: dict[int, type[Struct]] = {
+    KIND_DELETE_SESSION: DeleteSession, KIND_SET_SESSION_STATUS: SetSessionStatus, KIND_CLEANUP: Cleanup}
 
 SESSION_DECODER = msgspec.json.Decoder(SessionBatch)
 TASK_DECODER = msgspec.json.Decoder(TaskBatch)

@@ -66,6 +66,12 @@ class SinkSettings(Struct, frozen=True, forbid_unknown_fields=True):
     connect_timeout: Seconds = 5.0
 
 
+class RetentionSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    interval: Annotated[float, Meta(ge=0)] = 3600.0
+    completed_days: Annotated[float, Meta(ge=0)] = 90.0
+    failed_days: Annotated[float, Meta(ge=0)] = 30.0
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     service: ServiceSettings = ServiceSettings()
     ingest: IngestSettings = IngestSettings()
@@ -73,6 +79,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     spool: SpoolSettings = SpoolSettings()
     flush: FlushSettings = FlushSettings()
     sink: SinkSettings = SinkSettings()
+    retention: RetentionSettings = RetentionSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""
 

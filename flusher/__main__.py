@@ -31,7 +31,7 @@ def main() -> None:
     sink = open_sink(settings.sink)
     try:
         _migrate_until_up(sink, spool, stop)
-        Flusher(spool, sink, settings.flush).run(stop, settings.service.shutdown_grace)
+        Flusher(spool, sink, settings.flush, settings.retention).run(stop, settings.service.shutdown_grace)
     finally:
         sink.close()
         spool.close()

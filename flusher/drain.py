@@ -10,14 +10,15 @@ import logging
 import msgspec
 from msgspec import Struct
 
-from core.records import (JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, SpoolEntry, Task, session_row,
-                          task_row, version_us)
+from core.records import (COMMAND_TYPES, JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, SpoolEntry, Task,
+                          session_row, task_row, version_us)
 from core.settings import FlushSettings
 from core.times import now_us
 from flusher.coalesce import Item, coalesce, merge
+from flusher.commands import apply_command, encode_result
 from plugins import RejectedRows, Sink
 from wal import Spool
-from wal.spool import DeadLetter, DrainCommit, HeldTask
+from wal.types import DeadLetter, DrainCommit, HeldTask
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class Drainer:
         """Write these entries (and any held tasks passed back in) to the sink,
         then trim them from the spool. Raises TransientSinkError with nothing
         trimmed."""
+        if entries and entries[0].kind in COMMAND_TYPES:
+            return self._apply_command(entries[0])
         batch = coalesce(entries)
         dead = [DeadLetter(b.entry.seq, b.entry.kind, "", b.entry.received_at_us, b.error, b.entry.payload)
                 for b in batch.bad]
@@ -70,6 +73,16 @@ class Drainer:
         self._spool.commit_drain(change)
         return DrainReport(change.through_seq, change.sessions_written, change.tasks_written,
                            len(hold), len(release), len(dead))
+
+    def _apply_command(self, entry: SpoolEntry) -> DrainReport:
+        applied = apply_command(entry, self._sink)
+        drop_held = []
+        if applied.deleted_session is not None:
+            self._known_sessions.discard(applied.deleted_session)
+            drop_held.append((applied.deleted_session, entry.received_at_us))
+        self._spool.commit_drain(DrainCommit(through_seq=entry.seq, results=[(entry.seq, encode_result(applied))],
+                                             drop_held=drop_held))
+        return DrainReport(entry.seq, 0, 0, 0, 0, 0)
 
     def _split_held(self, held: list[HeldTask]) -> tuple[list[Item], list[DeadLetter]]:
         """Held tasks come back as items; those past orphan_grace become dead letters."""

@@ -8,12 +8,14 @@ import logging
 import threading
 import time
 
-from core.settings import FlushSettings
+from core.records import JSON_ENCODER, KIND_CLEANUP, Cleanup
+from core.settings import FlushSettings, RetentionSettings
 from core.times import now_us
 from flusher.drain import Drainer
 from flusher.retry import Backoff
 from plugins import Sink, TransientSinkError
 from wal import Spool
+from wal.types import Append
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +26,11 @@ PING_EVERY_S = 5.0
 
 
 class Flusher:
-    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings) -> None:
+    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings,
+                 retention: RetentionSettings | None = None) -> None:
         self._spool = spool
+        self._retention = retention
+        self._last_retention = time.monotonic()
         self._sink = sink
         self._settings = settings
         self._drainer = Drainer(spool, sink, settings)
@@ -98,6 +103,15 @@ class Flusher:
             self._set_health(self._ping_sink(), self._sink_error)
         if now - self._last_beat >= BEAT_EVERY_S:
             self._beat()
+        if self._retention and self._retention.interval and now - self._last_retention >= self._retention.interval:
+            self._last_retention = now
+            self._schedule_retention()
+
+    def _schedule_retention(self) -> None:
+        # Through the spool like a client's cleanup, so it is ordered after every acknowledged write.
+        command = Cleanup(self._retention.completed_days, self._retention.failed_days)
+        (result,) = self._spool.append_many([Append(KIND_CLEANUP, JSON_ENCODER.encode(command), 1)])
+        logger.info("scheduled retention cleanup: %s", result)
 
     def _ping_sink(self) -> bool:
         healthy = self._sink.ping()

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from core.http import COMMON_HANDLERS, error_response
+from core.http import COMMON_HANDLERS, error_response, unavailable
 from ingest.validation import BatchInvalid, BodyNotJson
 from wal import SpoolError
 
@@ -42,17 +42,11 @@ async def _invalid(request: Request, exc: Exception) -> Response:
                           "VALIDATION_ERROR", errors)
 
 
-async def _spool_unavailable(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, SpoolError)
-    return error_response(503, f"The batch was not accepted: {exc}. Retry later.", exc.error_code,
-                          headers={"Retry-After": str(exc.retry_after)})
-
-
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     **COMMON_HANDLERS,
     BodyTooLarge: _too_large,
     WrongContentType: _wrong_type,
     BodyNotJson: _not_json,
     BatchInvalid: _invalid,
-    SpoolError: _spool_unavailable,
+    SpoolError: unavailable,
 }

@@ -15,7 +15,7 @@ from core.times import iso_z, now_us
 from ingest.errors import BodyTooLarge, WrongContentType
 from ingest.validation import validate_batch
 from wal.health import health_report
-from wal.spool import Append
+from wal.types import Append
 
 FLUSH_POLL_S = 0.02
 

@@ -17,7 +17,7 @@ from msgspec import Struct
 
 from core.settings import SpoolSettings
 from wal import Spool, SpoolError
-from wal.spool import Append
+from wal.types import Append
 
 logger = logging.getLogger(__name__)
 

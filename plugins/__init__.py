@@ -44,6 +44,19 @@ class Sink(Protocol):
         the highest updated_at (the version) wins, whatever the order batches
         arrive in; created_at keeps the earliest. Replaying a batch is harmless."""
 
+    def delete_session(self, session_id: str) -> int | None:
+        """Delete a session and all its tasks; the number of tasks deleted, or
+        None when the session is not stored. Safe to replay."""
+
+    def set_session_status(self, session_id: str, status: str, version: str) -> bool:
+        """Set only the status, unless the stored record has a newer version;
+        False when the session is not stored."""
+
+    def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:
+        """Delete completed sessions updated before completed_before and failed
+        ones updated before failed_before, with their tasks, in bounded
+        transactions; (sessions, tasks) deleted, or that would be with dry_run."""
+
     def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         """The subset of session_ids that are stored."""
 

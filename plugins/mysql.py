@@ -8,10 +8,12 @@ assigned last because MySQL evaluates the assignments left to right.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
+from pymysql.constants import CLIENT
 
 from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
@@ -23,7 +25,10 @@ from plugins.mysql_literal import statements
 # (splitting the batch fixes that one). 4025: MariaDB CHECK constraint;
 # 3819: MySQL CHECK constraint; 3140: MySQL invalid JSON.
 _REJECT_CODES = {1048, 1153, 1264, 1265, 1292, 1301, 1366, 1406, 3140, 3819, 4025}
-READ_TIMEOUT_S = 120  # a hung server must not block the flusher forever
+READ_TIMEOUT_S = 120
+DELETE_CHUNK = 5000
+CLEANUP_CHUNK = 100  # sessions per cleanup transaction
+T = TypeVar("T")  # a hung server must not block the flusher forever
 # Strict mode: a value the column cannot hold is refused, never truncated.
 SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION', time_zone = '+00:00'"
 # Read committed: fewer gap locks, and existence checks see the latest commits.
@@ -102,6 +107,7 @@ class MysqlSink:
             user=unquote(url.username or "root"), password=unquote(url.password or ""),
             charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
             read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
+            client_flag=CLIENT.FOUND_ROWS,  # UPDATE counts matched rows, not changed ones
         )
         self._conn: pymysql.connections.Connection | None = None
         self._max_stmt_bytes = 1024 * 1024
@@ -135,6 +141,68 @@ class MysqlSink:
                     for statement in statements(prefix, rows, suffix, self._max_stmt_bytes):
                         cur.execute(statement)
             conn.commit()
+        except pymysql.err.MySQLError as exc:
+            self._rollback_or_drop(exc)
+            raise _convert(exc) from exc
+
+    def delete_session(self, session_id: str) -> int | None:
+        def run(cur: pymysql.cursors.Cursor) -> int | None:
+            cur.execute("SELECT 1 FROM translation_sessions WHERE session_id = %s", (session_id,))
+            if not cur.fetchone():
+                return None
+            deleted = self._delete_in_chunks(cur, "DELETE FROM translation_tasks WHERE session_id = %s", (session_id,))
+            cur.execute("DELETE FROM translation_sessions WHERE session_id = %s", (session_id,))
+            return deleted
+        return self._run(run)
+
+    def set_session_status(self, session_id: str, status: str, version: str) -> bool:
+        def run(cur: pymysql.cursors.Cursor) -> bool:
+            # status is assigned before updated_at, so it still sees the old version.
+            return cur.execute(
+                "UPDATE translation_sessions SET status = IF(updated_at <= %s, %s, status),"
+                " updated_at = GREATEST(updated_at, %s) WHERE session_id = %s",
+                (version, status, version, session_id)) > 0
+        return self._run(run)
+
+    def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:
+        def select(cur: pymysql.cursors.Cursor) -> list[str]:
+            cur.execute("SELECT session_id FROM translation_sessions WHERE (status = 'completed' AND updated_at < %s)"
+                        " OR (status = 'failed' AND updated_at < %s)", (completed_before, failed_before))
+            return [r[0] for r in cur.fetchall()]
+        ids = self._run(select)
+        sessions = tasks = 0
+        for start in range(0, len(ids), CLEANUP_CHUNK):
+            chunk = ids[start:start + CLEANUP_CHUNK]
+            done = self._run(lambda cur: self._cleanup_chunk(cur, chunk, dry_run))
+            sessions, tasks = sessions + done[0], tasks + done[1]
+        return sessions, tasks
+
+    def _cleanup_chunk(self, cur: pymysql.cursors.Cursor, ids: list[str], dry_run: bool) -> tuple[int, int]:
+        if dry_run:
+            cur.execute("SELECT count(*) FROM translation_tasks WHERE session_id IN %s", (ids,))
+            return len(ids), cur.fetchone()[0]
+        tasks = self._delete_in_chunks(cur, "DELETE FROM translation_tasks WHERE session_id IN %s", (ids,))
+        return cur.execute("DELETE FROM translation_sessions WHERE session_id IN %s", (ids,)), tasks
+
+    def _delete_in_chunks(self, cur: pymysql.cursors.Cursor, sql: str, args: tuple) -> int:
+        # Bounded transactions: a session with 200,000 tasks is deleted 5,000 at a
+        # time; a crash in between replays the command, which finishes the job.
+        total = 0
+        while True:
+            deleted = cur.execute(f"{sql} LIMIT {DELETE_CHUNK}", args)
+            total += deleted
+            if deleted < DELETE_CHUNK:
+                return total
+            self._conn.commit()
+
+    def _run(self, work: Callable[[pymysql.cursors.Cursor], T]) -> T:
+        """work(cursor) in one transaction, errors converted."""
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                result = work(cur)
+            conn.commit()
+            return result
         except pymysql.err.MySQLError as exc:
             self._rollback_or_drop(exc)
             raise _convert(exc) from exc

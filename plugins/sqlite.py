@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.records import SESSION_COLUMNS, TASK_COLUMNS
@@ -46,6 +47,8 @@ def _upsert(table: str, columns: Sequence[str]) -> str:
     )
 
 
+CLEANUP_CHUNK = 100  # sessions per cleanup transaction
+
 SESSION_UPSERT = _upsert("translation_sessions", SESSION_COLUMNS)
 TASK_UPSERT = _upsert("translation_tasks", TASK_COLUMNS)
 
@@ -70,13 +73,51 @@ class SqliteSink:
 
     def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
         """One transaction: sessions, then tasks; per key the highest updated_at wins."""
-        conn = self._conn
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with self._transaction() as conn:
             if sessions:
                 conn.executemany(SESSION_UPSERT, sessions)
             if tasks:
                 conn.executemany(TASK_UPSERT, tasks)
+
+    def delete_session(self, session_id: str) -> int | None:
+        with self._transaction() as conn:
+            if not conn.execute("SELECT 1 FROM translation_sessions WHERE session_id = ?", (session_id,)).fetchone():
+                return None
+            deleted = conn.execute("DELETE FROM translation_tasks WHERE session_id = ?", (session_id,)).rowcount
+            conn.execute("DELETE FROM translation_sessions WHERE session_id = ?", (session_id,))
+            return deleted
+
+    def set_session_status(self, session_id: str, status: str, version: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE translation_sessions SET status = CASE WHEN updated_at <= ?1 THEN ?2 ELSE status END,"
+                " updated_at = max(updated_at, ?1) WHERE session_id = ?3", (version, status, session_id)).rowcount > 0
+
+    def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:
+        ids = [r[0] for r in self._conn.execute(
+            "SELECT session_id FROM translation_sessions WHERE (status = 'completed' AND updated_at < ?)"
+            " OR (status = 'failed' AND updated_at < ?)", (completed_before, failed_before))]
+        sessions = tasks = 0
+        for start in range(0, len(ids), CLEANUP_CHUNK):
+            chunk = ids[start:start + CLEANUP_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            with self._transaction() as conn:
+                if dry_run:
+                    tasks += conn.execute(f"SELECT count(*) FROM translation_tasks WHERE session_id IN ({marks})",
+                                          chunk).fetchone()[0]
+                    sessions += len(chunk)
+                    continue
+                tasks += conn.execute(f"DELETE FROM translation_tasks WHERE session_id IN ({marks})", chunk).rowcount
+                sessions += conn.execute(f"DELETE FROM translation_sessions WHERE session_id IN ({marks})",
+                                         chunk).rowcount
+        return sessions, tasks
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             if conn.in_transaction:

@@ -13,11 +13,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core import VERSION
-from core.http import COMMON_HANDLERS, json_response
+from core.http import COMMON_HANDLERS, json_response, unavailable
 from core.logging import setup_logging
 from core.settings import Settings, load_settings
 from core.times import now_us
-from wal import Spool
+from query.management import management_routes
+from wal import Spool, SpoolError
 from wal.health import health_report
 
 
@@ -44,5 +45,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
         finally:
             spool.close()
 
-    return Starlette(routes=[Route("/health", health, methods=["GET"])],
-                     exception_handlers=COMMON_HANDLERS, lifespan=lifespan)
+    routes = [Route("/health", health, methods=["GET"]), *management_routes(settings)]
+    return Starlette(routes=routes, exception_handlers={**COMMON_HANDLERS, SpoolError: unavailable},
+                     lifespan=lifespan)

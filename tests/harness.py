@@ -71,11 +71,13 @@ retry_max = 0.5
 [sink]
 url = "{sink_url}"
 connect_timeout = 2.0
+[retention]
+interval = {retention_interval}
 """
 
 DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8 * 1024 * 1024,
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
-                                batch_rows=1000, max_delay=0.2, orphan_grace=600.0)
+                                batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0)
 
 
 class Service:
@@ -111,7 +113,8 @@ class Service:
     def wait_ready(self, timeout: float = 30) -> None:
         def ready() -> bool:
             assert self.proc is not None and self.proc.poll() is None, f"service exited:\n{self.tail()}"
-            return self.http.get("/health").status_code in (200, 503)
+            query = self.http.get(f"http://127.0.0.1:{self.query_port}/health")
+            return self.http.get("/health").status_code in (200, 503) and query.status_code in (200, 503)
         wait_for(ready, timeout, "the service to answer /health")
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.times import iso_z, now_us
-from wal.spool import SpoolStats
+from wal.types import SpoolStats
 
 # The flusher beats at least every second; this much silence means it is not running.
 FLUSHER_STALE_US = 15_000_000

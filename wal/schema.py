@@ -41,6 +41,11 @@ CREATE TABLE held (                                   -- orphan tasks waiting fo
     payload        BLOB    NOT NULL                   -- one Task as JSON
 );
 CREATE INDEX held_session ON held (session_id);
+CREATE TABLE command_results (                        -- what a delete/status/cleanup command did
+    seq        INTEGER PRIMARY KEY,
+    done_at_us INTEGER NOT NULL,
+    result     BLOB    NOT NULL                       -- JSON
+);
 CREATE TABLE dead_letters (
     id             INTEGER PRIMARY KEY,
     seq            INTEGER NOT NULL,

@@ -12,107 +12,16 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from msgspec import Struct
-
-from core.records import KIND_SESSIONS, KIND_TASKS, SpoolEntry
+from core.records import COMMAND_TYPES, KIND_SESSIONS, KIND_TASKS, SpoolEntry
 from core.settings import SpoolSettings
 from core.times import now_us
 from wal import schema
+from wal.types import (Append, DeadLetter, DrainCommit, HeldTask, SpoolBusy, SpoolCorrupt, SpoolError,
+                       SpoolFull, SpoolStats, Waiting)
 
 logger = logging.getLogger(__name__)
 
-RETRY_AFTER_FULL_S = 2
-RETRY_AFTER_BUSY_S = 1
-
-
-class SpoolError(Exception):
-    """Base class of spool errors; the request that met one was not accepted."""
-
-    error_code = "SPOOL_UNAVAILABLE"
-    retry_after = RETRY_AFTER_BUSY_S
-
-
-class SpoolFull(SpoolError):
-    """Nothing was appended: the spool is at spool.max_bytes or the disk is full."""
-
-    error_code = "SPOOL_FULL"
-
-    def __init__(self, message: str, retry_after: int = RETRY_AFTER_FULL_S) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class SpoolBusy(SpoolError):
-    """Nothing was appended: the spool lock was not granted within busy_timeout."""
-
-    error_code = "SPOOL_BUSY"
-
-
-class SpoolCorrupt(SpoolError):
-    """The spool file cannot be read as a spool."""
-
-
-class Append(Struct, frozen=True):
-    kind: int
-    payload: bytes
-    record_count: int
-
-
-class HeldTask(Struct, frozen=True):
-    task_id: str
-    session_id: str
-    received_at_us: int
-    held_since_us: int
-    payload: bytes
-    id: int = 0
-
-
-class DeadLetter(Struct, frozen=True):
-    seq: int
-    kind: int
-    record_key: str
-    received_at_us: int
-    error: str
-    payload: bytes
-    failed_at_us: int = 0
-    id: int = 0
-
-
-class DrainCommit(Struct):
-    """What one flusher cycle changes in the spool, applied atomically after
-    the sink committed."""
-    through_seq: int
-    sessions_written: int = 0
-    tasks_written: int = 0
-    hold: list[HeldTask] = []
-    release: list[int] = []
-    dead: list[DeadLetter] = []
-
-
-class Waiting(Struct, frozen=True):
-    records: int
-    oldest_received_us: int  # 0 when nothing waits
-    is_flush_requested: bool
-
-
-class SpoolStats(Struct, frozen=True):
-    pending_sessions: int
-    pending_tasks: int
-    pending_bytes: int
-    max_bytes: int
-    last_seq: int
-    flushed_seq: int
-    last_flush_us: int
-    oldest_received_us: int  # 0 when empty
-    heartbeat_us: int
-    sink_healthy: bool
-    sink_error: str
-    held_tasks: int
-    dead_letters: int
-    sessions_written: int
-    tasks_written: int
-    is_refusing: bool  # full: a batch was refused for space and nothing has been trimmed since
-
+RESULTS_KEPT_US = 3_600_000_000  # a command's result is kept an hour for the caller to read
 
 class Spool:
     def __init__(self, conn: sqlite3.Connection, settings: SpoolSettings) -> None:
@@ -209,7 +118,8 @@ class Spool:
 
     def read(self, after_seq: int, max_records: int) -> list[SpoolEntry]:
         """Entries with seq > after_seq in seq order, whole entries only, up to
-        max_records records (at least one entry when any is waiting)."""
+        max_records records (at least one entry when any is waiting). A command
+        entry comes alone: a batch ends before it."""
         cur = self._conn.execute(
             "SELECT seq, kind, received_at_us, record_count, payload FROM entries"
             " WHERE seq > ? ORDER BY seq", (after_seq,))
@@ -217,11 +127,12 @@ class Spool:
         total = 0
         try:
             for row in cur:
-                if entries and total + row[3] > max_records:
+                is_command = row[1] in COMMAND_TYPES
+                if entries and (is_command or total + row[3] > max_records):
                     break
                 entries.append(SpoolEntry(*row))
                 total += row[3]
-                if total >= max_records:
+                if is_command or total >= max_records:
                     break
         finally:
             cur.close()
@@ -258,6 +169,11 @@ class Spool:
                 " VALUES (?, ?, ?, ?, ?)",
                 [(h.task_id, h.session_id, h.received_at_us, h.held_since_us, h.payload) for h in change.hold])
             conn.executemany("DELETE FROM held WHERE id = ?", [(i,) for i in change.release])
+            conn.executemany("DELETE FROM held WHERE session_id = ? AND received_at_us < ?", change.drop_held)
+            conn.executemany("INSERT OR REPLACE INTO command_results (seq, done_at_us, result) VALUES (?, ?, ?)",
+                             [(seq, now, result) for seq, result in change.results])
+            if change.results:
+                conn.execute("DELETE FROM command_results WHERE done_at_us < ?", (now - RESULTS_KEPT_US,))
             self._insert_dead(change.dead, now)
             conn.execute("COMMIT")
         except BaseException:
@@ -277,6 +193,11 @@ class Spool:
         conn.execute(
             "UPDATE state SET live_bytes = live_bytes - ?, live_sessions = live_sessions - ?,"
             " live_tasks = live_tasks - ?, refused_at_us = 0", (size, sessions[0], tasks[0]))
+
+    def command_result(self, seq: int) -> bytes | None:
+        """The JSON result of the command appended as seq, once the flusher applied it."""
+        row = self._conn.execute("SELECT result FROM command_results WHERE seq = ?", (seq,)).fetchone()
+        return row[0] if row else None
 
     def held(self, limit: int = 10_000) -> list[HeldTask]:
         """Held orphan tasks, oldest first."""

@@ -94,3 +94,37 @@ def test_statements_respect_the_size_limit() -> None:
     assert len(parts) > 1 and all(len(p) <= 1000 for p in parts)
     assert sum(p.count(b"('k") for p in parts) == 50
     assert b"('k0','" + b"v" * 100 + b"',NULL,1.5,7)" in parts[0]
+
+
+def test_delete_session_removes_its_tasks_only(sink: Sink, sink_url: str) -> None:
+    sink.write([_session("s-1", T0), _session("s-2", T0)],
+               [_task(f"a-{i}", T0, session_id="s-1") for i in range(7)] + [_task("b-1", T0, session_id="s-2")])
+    assert sink.delete_session("s-1") == 7
+    assert sink.delete_session("s-1") is None
+    assert set(_tasks(sink_url)) == {"b-1"}
+    assert [r["session_id"] for r in sink_rows(sink_url, "translation_sessions")] == ["s-2"]
+
+
+def test_set_session_status_respects_versions(sink: Sink, sink_url: str) -> None:
+    sink.write([_session("s-1", T0 + 100)], [])
+    assert sink.set_session_status("s-1", "processing", db_text(T0 + 100)) is True  # same status: still found
+    assert sink.set_session_status("s-1", "failed", db_text(T0 + 50)) is True  # older: no change
+    assert sink_rows(sink_url, "translation_sessions")[0]["status"] == "processing"
+    assert sink.set_session_status("s-1", "completed", db_text(T0 + 200)) is True
+    row = sink_rows(sink_url, "translation_sessions")[0]
+    assert row["status"] == "completed" and str(row["updated_at"]).startswith(db_text(T0 + 200)[:19])
+    assert sink.set_session_status("nope", "completed", db_text(T0)) is False
+
+
+def test_cleanup_by_status_and_age(sink: Sink, sink_url: str) -> None:
+    old, new = T0, T0 + 10 * 86_400_000_000
+    sink.write([_session("c-old", old, "completed"), _session("c-new", new, "completed"),
+                _session("f-old", old, "failed"), _session("p-old", old, "processing")],
+               [_task("t1", old, session_id="c-old"), _task("t2", old, session_id="f-old"),
+                _task("t3", old, session_id="p-old")])
+    cutoff = db_text(T0 + 86_400_000_000)
+    assert sink.cleanup(cutoff, cutoff, dry_run=True) == (2, 2)
+    assert len(sink_rows(sink_url, "translation_sessions")) == 4
+    assert sink.cleanup(cutoff, cutoff, dry_run=False) == (2, 2)
+    assert {r["session_id"] for r in sink_rows(sink_url, "translation_sessions")} == {"c-new", "p-old"}
+    assert set(_tasks(sink_url)) == {"t3"}

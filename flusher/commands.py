@@ -1,0 +1,47 @@
+"""Commands that travel through the spool (delete a session, set its status,
+clean up old sessions). The flusher applies each one alone, after every write
+acknowledged before it and before every write after it, so a write still in
+the spool can never resurrect a deleted session."""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import Struct
+
+from core.records import COMMAND_TYPES, JSON_ENCODER, Cleanup, DeleteSession, SetSessionStatus, SpoolEntry
+from core.times import db_text
+from plugins import Sink
+
+DAY_US = 86_400_000_000
+
+
+class Applied(Struct):
+    result: dict
+    deleted_session: str | None = None
+
+
+def apply_command(entry: SpoolEntry, sink: Sink) -> Applied:
+    """Apply one command entry; its version is the time it was accepted."""
+    command = msgspec.json.decode(entry.payload, type=COMMAND_TYPES[entry.kind])
+    if isinstance(command, DeleteSession):
+        deleted = sink.delete_session(command.session_id)
+        if deleted is None:
+            return Applied({"status": "not_found", "session_id": command.session_id})
+        return Applied({"status": "deleted", "session_id": command.session_id, "deleted_tasks": deleted},
+                       deleted_session=command.session_id)
+    if isinstance(command, SetSessionStatus):
+        found = sink.set_session_status(command.session_id, command.status, db_text(entry.received_at_us))
+        return Applied({"status": "updated" if found else "not_found", "session_id": command.session_id,
+                        "new_status": command.status})
+    assert isinstance(command, Cleanup)
+    return Applied(cleanup(sink, command, entry.received_at_us))
+
+
+def cleanup(sink: Sink, command: Cleanup, now_us: int) -> dict:
+    sessions, tasks = sink.cleanup(db_text(now_us - int(command.completed_days * DAY_US)),
+                                   db_text(now_us - int(command.failed_days * DAY_US)), command.dry_run)
+    return {"status": "completed", "deleted_sessions": sessions, "deleted_tasks": tasks, "dry_run": command.dry_run}
+
+
+def encode_result(applied: Applied) -> bytes:
+    return JSON_ENCODER.encode(applied.result)

@@ -1,0 +1,131 @@
+"""Management: DELETE a session, PATCH its status, cleanup. Each becomes a
+command in the spool, so it is ordered after every write acknowledged before
+it; the handler then waits (up to ingest.flush_timeout) for the flusher to
+apply it and answers with what it did."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from core.http import error_response, json_response
+from core.records import (JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS, Cleanup,
+                          DeleteSession, SessionStatus, SetSessionStatus)
+from core.settings import Settings, SpoolSettings
+from wal import Spool, SpoolError
+from wal.types import Append
+
+POLL_S = 0.02
+MAX_BODY_BYTES = 64 * 1024
+
+
+class StatusChange(Struct):
+    status: SessionStatus
+
+
+class CommandQueue:
+    """Appends commands to the spool and waits for their results."""
+
+    def __init__(self, settings: SpoolSettings, timeout_s: float) -> None:
+        self._settings = settings
+        self._timeout_s = timeout_s
+
+    async def run(self, kind: int, command: Struct) -> dict[str, Any] | None:
+        """The command's result, or None if it is still queued after the timeout."""
+        seq = await run_in_threadpool(self._append, kind, JSON_ENCODER.encode(command))
+        deadline = time.monotonic() + self._timeout_s
+        while time.monotonic() < deadline:
+            result = await run_in_threadpool(self._result, seq)
+            if result is not None:
+                return msgspec.json.decode(result)
+            await asyncio.sleep(POLL_S)
+        return None
+
+    def _append(self, kind: int, payload: bytes) -> int:
+        spool = Spool.open(self._settings)
+        try:
+            (seq,) = spool.append_many([Append(kind, payload, 1)])
+            if isinstance(seq, SpoolError):
+                raise seq
+            spool.request_flush(seq)
+            return seq
+        finally:
+            spool.close()
+
+    def _result(self, seq: int) -> bytes | None:
+        spool = Spool.open(self._settings)
+        try:
+            return spool.command_result(seq)
+        finally:
+            spool.close()
+
+
+def management_routes(settings: Settings) -> list[Route]:
+    queue = CommandQueue(settings.spool, settings.ingest.flush_timeout)
+
+    async def delete_session(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        if len(session_id) > 36:
+            return _session_not_found(session_id)
+        return _answer(await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id)), session_id)
+
+    async def set_status(request: Request) -> Response:
+        session_id = request.path_params["session_id"]
+        change = await _decode(request, StatusChange)
+        if isinstance(change, Response):
+            return change
+        if len(session_id) > 36:
+            return _session_not_found(session_id)
+        return _answer(await queue.run(KIND_SET_SESSION_STATUS, SetSessionStatus(session_id, change.status)),
+                       session_id)
+
+    async def cleanup(request: Request) -> Response:
+        command = await _decode(request, Cleanup, allow_empty=True)
+        if isinstance(command, Response):
+            return command
+        return _answer(await queue.run(KIND_CLEANUP, command), None)
+
+    base = "/api/v1/translation/sessions"
+    return [
+        Route(base + "/cleanup", cleanup, methods=["POST"]),
+        Route(base + "/{session_id}", delete_session, methods=["DELETE"]),
+        Route(base + "/{session_id}/status", set_status, methods=["PATCH"]),
+    ]
+
+
+def _answer(result: dict[str, Any] | None, session_id: str | None) -> Response:
+    if result is None:
+        return json_response({"status": "queued", "session_id": session_id,
+                              "detail": "Accepted into the spool; it is applied in order once the database "
+                                        "answers."}, 202)
+    if result.get("status") == "not_found":
+        return _session_not_found(result["session_id"])
+    return json_response(result)
+
+
+def _session_not_found(session_id: str) -> Response:
+    return error_response(404, "Session not found", "SESSION_NOT_FOUND", session_id=session_id)
+
+
+async def _decode(request: Request, kind: type[Struct], allow_empty: bool = False) -> Any:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes", "PAYLOAD_TOO_LARGE")
+    if allow_empty and not body.strip():
+        return kind()
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        field = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else ""
+        return error_response(422, "The request was not accepted: fix the fields listed in errors.",
+                              "VALIDATION_ERROR", [{"field": field, "message": str(exc).split(" - at ")[0]}])
+    except msgspec.DecodeError as exc:
+        return error_response(400, f"the body is not valid JSON: {exc}", "INVALID_JSON")

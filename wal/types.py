@@ -1,0 +1,99 @@
+"""The spool's value types and errors."""
+
+from __future__ import annotations
+
+from msgspec import Struct
+
+RETRY_AFTER_FULL_S = 2
+RETRY_AFTER_BUSY_S = 1
+
+
+class SpoolError(Exception):
+    """Base class of spool errors; the request that met one was not accepted."""
+
+    error_code = "SPOOL_UNAVAILABLE"
+    retry_after = RETRY_AFTER_BUSY_S
+
+
+class SpoolFull(SpoolError):
+    """Nothing was appended: the spool is at spool.max_bytes or the disk is full."""
+
+    error_code = "SPOOL_FULL"
+
+    def __init__(self, message: str, retry_after: int = RETRY_AFTER_FULL_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SpoolBusy(SpoolError):
+    """Nothing was appended: the spool lock was not granted within busy_timeout."""
+
+    error_code = "SPOOL_BUSY"
+
+
+class SpoolCorrupt(SpoolError):
+    """The spool file cannot be read as a spool."""
+
+
+class Append(Struct, frozen=True):
+    kind: int
+    payload: bytes
+    record_count: int
+
+
+class HeldTask(Struct, frozen=True):
+    task_id: str
+    session_id: str
+    received_at_us: int
+    held_since_us: int
+    payload: bytes
+    id: int = 0
+
+
+class DeadLetter(Struct, frozen=True):
+    seq: int
+    kind: int
+    record_key: str
+    received_at_us: int
+    error: str
+    payload: bytes
+    failed_at_us: int = 0
+    id: int = 0
+
+
+class DrainCommit(Struct):
+    """What one flusher cycle changes in the spool, applied atomically after
+    the sink committed."""
+    through_seq: int
+    sessions_written: int = 0
+    tasks_written: int = 0
+    hold: list[HeldTask] = []
+    release: list[int] = []
+    dead: list[DeadLetter] = []
+    results: list[tuple[int, bytes]] = []  # (command seq, JSON result)
+    drop_held: list[tuple[str, int]] = []  # (session_id, received before): orphans of a deleted session
+
+
+class Waiting(Struct, frozen=True):
+    records: int
+    oldest_received_us: int  # 0 when nothing waits
+    is_flush_requested: bool
+
+
+class SpoolStats(Struct, frozen=True):
+    pending_sessions: int
+    pending_tasks: int
+    pending_bytes: int
+    max_bytes: int
+    last_seq: int
+    flushed_seq: int
+    last_flush_us: int
+    oldest_received_us: int  # 0 when empty
+    heartbeat_us: int
+    sink_healthy: bool
+    sink_error: str
+    held_tasks: int
+    dead_letters: int
+    sessions_written: int
+    tasks_written: int
+    is_refusing: bool  # full: a batch was refused for space and nothing has been trimmed since
