@@ -104,7 +104,11 @@ class SpoolWriter:
                 more = False
                 break
             batch.append(item)
-        results = spool.append_many([r.append for r in batch])
+        try:
+            results = spool.append_many([r.append for r in batch])
+        except Exception:  # a bug: answer these requests (not accepted) and keep the writer alive
+            logger.exception("spool append failed unexpectedly for %d requests", len(batch))
+            results = [SpoolError("internal error in the spool writer") for _ in batch]
         for request, result in zip(batch, results):
             request.loop.call_soon_threadsafe(_settle, request.future, result)
         return more

@@ -33,7 +33,7 @@ def private_db(tmp_path: Path) -> Iterator[PrivateMariaDB]:
 def test_database_outage(service_factory, private_db: PrivateMariaDB) -> None:
     url = private_db.url("ps_outage")
     service = service_factory(url, flush_timeout=FLUSH_TIMEOUT)
-    load = Load(service, tag="out", threads=2, batch=200, pause=0.02).start()
+    load = Load(service, tag="out", threads=2, batch=100, pause=0.1).start()
     load.wait_acked(3_000, 60)
     flush_until_ok(service, 60)
 
@@ -63,9 +63,12 @@ def test_database_outage(service_factory, private_db: PrivateMariaDB) -> None:
     assert load.acked_records >= acked_at_stop + 2_000, "writes stopped being acknowledged"
     assert spool_state(service)["records"] > 0  # the writes wait in the spool
 
+    print("restart", time.monotonic() - down_since, load.acked_records, spool_state(service))
     private_db.start()  # same folder, same port
+    print("started", time.monotonic() - down_since)
     flush_until_ok(service, 120)
     wait_for(lambda: health(service)[1]["status"] == "healthy", 30, "/health to say healthy again")
+    print("flushed", time.monotonic() - down_since)
     load.stop()
     assert not load.unexpected and load.failed_requests == 0, load.statuses
     flush_until_ok(service, 120)
