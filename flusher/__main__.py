@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from core import metrics
 from core.logging import setup_logging
 from core.settings import load_settings
 from flusher.loop import Flusher
@@ -29,6 +30,7 @@ def main() -> None:
         logger.critical("%s", exc)
         sys.exit(EXIT_FATAL)
     sink = open_sink(settings.sink)
+    metrics.mark_up("flusher")
     try:
         _migrate_until_up(sink, spool, stop)
         Flusher(spool, sink, settings.flush, settings.retention).run(stop, settings.service.shutdown_grace)

@@ -33,6 +33,7 @@ class DrainReport(Struct):
     held: int
     released: int
     dead: int
+    rejected: int = 0  # rows the database refused for good (a subset of dead)
 
 
 class Drainer:
@@ -72,7 +73,7 @@ class Drainer:
             hold=hold, release=release, dead=dead)
         self._spool.commit_drain(change)
         return DrainReport(change.through_seq, change.sessions_written, change.tasks_written,
-                           len(hold), len(release), len(dead))
+                           len(hold), len(release), len(dead), len(rejected))
 
     def _apply_command(self, entry: SpoolEntry) -> DrainReport:
         applied = apply_command(entry, self._sink)

@@ -11,7 +11,8 @@ import time
 from core.records import JSON_ENCODER, KIND_CLEANUP, Cleanup
 from core.settings import FlushSettings, RetentionSettings
 from core.times import now_us
-from flusher.drain import Drainer
+from core import metrics
+from flusher.drain import Drainer, DrainReport
 from flusher.retry import Backoff
 from plugins import Sink, TransientSinkError
 from wal import Spool
@@ -60,11 +61,14 @@ class Flusher:
                 time.sleep(POLL_S)
             self._backoff.reset()
         except TransientSinkError as exc:
+            metrics.SINK_ERRORS.labels("transient").inc()
+            metrics.FLUSH_RETRIES.inc()
             self._set_health(False, str(exc))
             delay = self._backoff.next_delay()
             logger.warning("sink unavailable, retrying in %.2f s: %s", delay, exc)
             self._sleep(delay, stop if deadline is None else None, deadline)
         except Exception:  # a bug: log with context and keep the service up; nothing is trimmed
+            metrics.FLUSH_RETRIES.inc()
             logger.exception("drain cycle failed; retrying")
             self._sleep(self._backoff.next_delay(), stop if deadline is None else None, deadline)
 
@@ -78,10 +82,9 @@ class Flusher:
             return False
         entries = self._spool.read(0, self._settings.batch_rows)
         held = self._due_held()
-        started = time.monotonic()
-        report = self._drainer.drain_once(entries, held)
-        logger.debug("drained through seq %d: %d sessions, %d tasks in %.1f ms", report.through_seq,
-                     report.sessions_written, report.tasks_written, (time.monotonic() - started) * 1000)
+        with metrics.FLUSH_DURATION.time():
+            report = self._drainer.drain_once(entries, held)
+        _count(report)
         self._set_health(True, "")
         return True
 
@@ -97,7 +100,7 @@ class Flusher:
             self._last_held_check = now
             held = self._spool.held()
             if held:
-                self._drainer.drain_once([], held)
+                _count(self._drainer.drain_once([], held))
         if now - self._last_ping >= PING_EVERY_S:
             self._last_ping = now
             self._set_health(self._ping_sink(), self._sink_error)
@@ -136,3 +139,13 @@ class Flusher:
             stop.wait(seconds)
         else:
             time.sleep(seconds)
+
+
+def _count(report: DrainReport) -> None:
+    metrics.FLUSH_BATCHES.inc()
+    metrics.FLUSH_ROWS.labels("session").inc(report.sessions_written)
+    metrics.FLUSH_ROWS.labels("task").inc(report.tasks_written)
+    if report.rejected:
+        metrics.SINK_ERRORS.labels("permanent").inc(report.rejected)
+    if report.dead:
+        metrics.DEAD_LETTERED.labels("any").inc(report.dead)

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from core import VERSION
 from core.http import json_response
+from core.metrics import RECORDS_ACCEPTED
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.times import iso_z, now_us
 from ingest.errors import BodyTooLarge, WrongContentType
@@ -32,6 +33,7 @@ async def _accept(request: Request, kind: int) -> Response:
     body = await _read_body(request, request.state.max_body_bytes)
     count = validate_batch(kind, body)
     await request.state.writer.append(Append(kind, body, count))
+    RECORDS_ACCEPTED.labels("session" if kind == KIND_SESSIONS else "task").inc(count)
     return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
 
 

@@ -1,0 +1,114 @@
+"""Prometheus metrics, aggregated over every process of the service.
+
+Every process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (set by
+the supervisor for its children, see prometheus-client's multiprocess mode);
+the process that answers /metrics merges them and adds the spool's gauges,
+read from the spool at scrape time so they are right whoever asks.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+HTTP_REQUESTS = Counter("persistence_http_requests_total", "HTTP requests answered.",
+                        ["role", "route", "method", "status"])
+HTTP_DURATION = Histogram("persistence_http_request_duration_seconds", "Time to answer an HTTP request.",
+                          ["role", "route", "method"], buckets=_LATENCY_BUCKETS)
+RECORDS_ACCEPTED = Counter("persistence_records_accepted_total", "Records acknowledged (202) by kind.", ["kind"])
+FLUSH_BATCHES = Counter("persistence_flush_batches_total", "Batches committed to the sink.")
+FLUSH_ROWS = Counter("persistence_flush_rows_total", "Rows committed to the sink by kind.", ["kind"])
+FLUSH_DURATION = Histogram("persistence_flush_duration_seconds", "Time of one drain cycle (read, write, trim).",
+                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+SINK_ERRORS = Counter("persistence_sink_errors_total", "Sink errors by class.", ["error_class"])
+FLUSH_RETRIES = Counter("persistence_flush_retries_total", "Drain cycles retried after a transient error.")
+DEAD_LETTERED = Counter("persistence_dead_lettered_total", "Records moved to the dead-letter table.", ["kind"])
+PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by role.", ["role"],
+                   multiprocess_mode="livesum")
+
+
+def mark_up(role: str) -> None:
+    PROCESS_UP.labels(role).set(1)
+
+
+def render(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:
+    """The metrics text of every process (or of this one, outside multiprocess mode)."""
+    registry = CollectorRegistry()
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        _forget_dead_processes(path)
+        MultiProcessCollector(registry, path=path)
+    else:
+        from prometheus_client import REGISTRY
+        registry = REGISTRY
+    text = generate_latest(registry)
+    if extra is not None:
+        scrape = CollectorRegistry()
+        scrape.register(_Callback(extra))
+        text += generate_latest(scrape)
+    return text
+
+
+def spool_gauges(stats: Any, now_us: int) -> Iterator[Metric]:
+    """Gauges read from the spool at scrape time (stats: wal.types.SpoolStats)."""
+    records = GaugeMetricFamily("persistence_spool_records", "Records waiting in the spool.", labels=["kind"])
+    records.add_metric(["session"], stats.pending_sessions)
+    records.add_metric(["task"], stats.pending_tasks)
+    yield records
+    yield GaugeMetricFamily("persistence_spool_bytes", "Payload bytes waiting in the spool.", value=stats.pending_bytes)
+    yield GaugeMetricFamily("persistence_spool_capacity_bytes", "spool.max_bytes.", value=stats.max_bytes)
+    age = (now_us - stats.oldest_received_us) / 1e6 if stats.oldest_received_us else 0.0
+    yield GaugeMetricFamily("persistence_spool_oldest_record_age_seconds",
+                            "Age of the oldest record not yet in the database (the lag).", value=age)
+    yield GaugeMetricFamily("persistence_spool_refusing", "1 while the spool refuses writes for space.",
+                            value=int(stats.is_refusing))
+    yield GaugeMetricFamily("persistence_orphans_held", "Tasks held until their session exists.",
+                            value=stats.held_tasks)
+    yield GaugeMetricFamily("persistence_dead_letters", "Records in the dead-letter table.", value=stats.dead_letters)
+    heartbeat = stats.heartbeat_us / 1e6
+    yield GaugeMetricFamily("persistence_flusher_heartbeat_timestamp_seconds",
+                            "When the flusher last reported (Unix time).", value=heartbeat)
+    yield GaugeMetricFamily("persistence_last_flush_timestamp_seconds",
+                            "When the flusher last committed a batch (Unix time).", value=stats.last_flush_us / 1e6)
+    yield GaugeMetricFamily("persistence_sink_up", "1 when the flusher's last contact with the database worked.",
+                            value=int(stats.sink_healthy))
+
+
+class _Callback:
+    def __init__(self, produce: Callable[[], Iterator[Metric]]) -> None:
+        self._produce = produce
+
+    def collect(self) -> Iterator[Metric]:
+        return self._produce()
+
+
+_LIVE_FILE = re.compile(r"gauge_live\w*?_(\d+)\.db$")
+
+
+def _forget_dead_processes(path: str) -> None:
+    # A granian worker that died never said so: drop its live gauges here.
+    for file in glob.glob(os.path.join(path, "gauge_live*_*.db")):
+        match = _LIVE_FILE.search(file)
+        if match and not _is_alive(int(match.group(1))):
+            mark_process_dead(int(match.group(1)), path)
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
