@@ -37,11 +37,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    # core.middleware.RequestContext gives every request an id and returns it in X-Request-ID.
+    request_id = getattr(request.state, "request_id", None) or uuid.uuid4().hex
     logger.error("unhandled error on %s %s (request_id=%s)", request.method, request.url.path,
                  request_id, exc_info=exc)
     return error_response(500, "Internal error; it has been logged with this request id.",
-                          "INTERNAL_ERROR", request_id=request_id, headers={"X-Request-ID": request_id})
+                          "INTERNAL_ERROR", request_id=request_id)
 
 
 async def unavailable(request: Request, exc: Exception) -> Response:

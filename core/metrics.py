@@ -17,6 +17,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from core.times import now_us
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -112,3 +117,13 @@ def _is_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """GET /metrics on either app: every process's samples plus the spool's gauges."""
+    stats = request.state.spool.stats()
+    return Response(render(lambda: spool_gauges(stats, now_us())), media_type=CONTENT_TYPE)
+
+
+METRICS_ROUTES = [Route("/metrics", metrics_endpoint, methods=["GET"]),
+                  Route("/api/v1/system/metrics", metrics_endpoint, methods=["GET"])]

@@ -26,6 +26,8 @@ class ServiceSettings(Struct, frozen=True, forbid_unknown_fields=True):
     shutdown_grace: Annotated[float, Meta(ge=0)] = 30.0
     health_check_interval: Seconds = 1.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    metrics_dir: str = "data/metrics"
 
 
 class IngestSettings(Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,9 +138,11 @@ def _apply_env(raw: dict, env: os.Mapping[str, str]) -> None:
 
 def _resolve_paths(settings: Settings, base: Path, source: str) -> Settings:
     spool = msgspec.structs.replace(settings.spool, path=str((base / settings.spool.path).resolve()))
+    service = msgspec.structs.replace(settings.service,
+                                      metrics_dir=str((base / settings.service.metrics_dir).resolve()))
     sink = msgspec.structs.replace(settings.sink, url=_resolve_sqlite_url(settings.sink.url, base))
     _check_url(sink.url)
-    return msgspec.structs.replace(settings, spool=spool, sink=sink, source=source)
+    return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, source=source)
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:

@@ -13,12 +13,16 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from core.metrics import MULTIPROC_ENV
 from core.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,10 +59,10 @@ class Child:
         self.proc: subprocess.Popen | None = None
         self.starts: list[float] = []
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str]) -> None:
         self.starts = [t for t in self.starts if time.monotonic() - t < RESTART_WINDOW_S]
         self.starts.append(time.monotonic())
-        self.proc = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(self.argv, env=env, preexec_fn=_die_with_parent)
         logger.info("started %s (pid %d)", self.role, self.proc.pid)
 
     def is_crash_looping(self) -> bool:
@@ -83,12 +87,16 @@ class Supervisor:
         # Start order; stop order is ingest, flusher, query.
         self._children = {role: Child(role, role_command(role, settings))
                           for role in ("flusher", "query", "ingest")}
+        self._env: dict[str, str] = {}
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
+        # Samples of a previous run would be added to this one's.
+        shutil.rmtree(self._settings.service.metrics_dir, ignore_errors=True)
+        self._env = metrics_env(self._settings)
         for child in self._children.values():
-            child.start()
+            child.start(self._env)
         code = 0
         while not self._stop.wait(self._settings.service.health_check_interval):
             code = self._check_children()
@@ -106,7 +114,8 @@ class Supervisor:
                 logger.critical("%s cannot run (exit %s); stopping the service", child.role, status)
                 return EXIT_FATAL
             logger.error("%s exited with %s; restarting it", child.role, status)
-            child.start()
+            mark_process_dead(child.proc.pid, self._settings.service.metrics_dir)
+            child.start(self._env)
         return 0
 
     def _shutdown(self) -> None:
@@ -126,7 +135,14 @@ def _die_with_parent() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
+def metrics_env(settings: Settings) -> dict[str, str]:
+    """The environment of a child: prometheus-client's multiprocess mode reads
+    its folder from PROMETHEUS_MULTIPROC_DIR when the child imports it."""
+    os.makedirs(settings.service.metrics_dir, exist_ok=True)
+    return {**os.environ, MULTIPROC_ENV: settings.service.metrics_dir}
+
+
 def exec_role(role: str, settings: Settings) -> None:
     """Replace this process with one role (for systemd units and containers)."""
     argv = role_command(role, settings)
-    os.execv(argv[0], argv)
+    os.execve(argv[0], argv, metrics_env(settings))

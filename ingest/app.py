@@ -8,13 +8,17 @@ from collections.abc import AsyncIterator
 from typing import TypedDict
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from core import metrics
 from core.logging import setup_logging
+from core.middleware import RequestContext
 from core.settings import Settings, load_settings
 from core.times import now_us
 from ingest import routes
 from ingest.errors import EXCEPTION_HANDLERS
+from ingest.proxy import QueryProxy
 from ingest.writer import SpoolWriter
 from wal import Spool
 
@@ -32,6 +36,7 @@ ROUTES = [
     Route("/api/v1/translation/tasks/batch", routes.post_tasks, methods=["POST"]),
     Route("/api/v1/translation/flush", routes.flush, methods=["POST"]),
     Route("/health", routes.health, methods=["GET"]),
+    *metrics.METRICS_ROUTES,
 ]
 
 
@@ -52,4 +57,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             writer.stop()
             spool.close()
 
-    return Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    metrics.mark_up("ingest")
+    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+                    middleware=[Middleware(RequestContext, role="ingest", is_access_log=settings.service.access_log)])
+    app.router.default = QueryProxy(settings.query, settings.ingest.max_body_bytes)
+    return app

@@ -84,3 +84,4 @@ async def flush(request: Request) -> Response:
 async def health(request: Request) -> Response:
     status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION)
     return json_response(body, status)
+

@@ -129,8 +129,9 @@ class MysqlSink:
                     cur.execute(ddl)
             conn.commit()
         except pymysql.err.MySQLError as exc:
-            self._drop()
             raise _convert(exc) from exc
+        finally:
+            conn.close()
 
     def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
         """One transaction: sessions, then tasks; per key the highest updated_at wins."""

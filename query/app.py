@@ -1,30 +1,49 @@
-"""The query ASGI app. For now it answers /health; the read API lands with
-the read-side issue."""
+"""The query ASGI app (port 8002): reads, recovery, stats and /health.
+
+At start it creates the sink's tables and the read indexes in the
+background, retrying while the database is away: the app answers at once
+(reads meanwhile may be 503) and never crash-loops on a database outage."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
-from typing import TypedDict
+from typing import Any, TypedDict
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core import VERSION
-from core.http import COMMON_HANDLERS, json_response, unavailable
+from core import VERSION, metrics
+from core.http import COMMON_HANDLERS, error_response, json_response, unavailable
 from core.logging import setup_logging
-from core.settings import Settings, load_settings
+from core.middleware import RequestContext
+from core.settings import Settings, SinkSettings, load_settings
 from core.times import now_us
+from plugins import SinkError, open_sink
+from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
+from query import routes
 from query.management import management_routes
+from query.params import InvalidParams, errors_body
 from wal import Spool, SpoolError
 from wal.health import health_report
+
+logger = logging.getLogger(__name__)
+PREPARE_RETRY_S = 2.0
+API = "/api/v1/translation"
 
 
 class State(TypedDict):
     spool: Spool
     started_us: int
+    reader: Reader
+    limiter: CapacityLimiter
 
 
 async def health(request: Request) -> Response:
@@ -32,19 +51,77 @@ async def health(request: Request) -> Response:
     return json_response(body, status)
 
 
+async def _invalid(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, InvalidParams)
+    return error_response(422, "Invalid query parameters: fix every field listed in errors.",
+                          "VALIDATION_ERROR", errors_body(exc))
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning("read failed on %s: %s", request.url.path, exc)
+    return error_response(503, "The database cannot be read now; retry later.",
+                          "DATABASE_UNAVAILABLE", headers={"Retry-After": "5"})
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, InvalidParams: _invalid, ReadError: _unavailable,
+                                      SpoolError: unavailable}
+
+ROUTES = [
+    Route("/health", health, methods=["GET"]),
+    Route(f"{API}/sessions", routes.list_sessions, methods=["GET"]),
+    Route(f"{API}/sessions/{{session_id}}", routes.get_session, methods=["GET"]),
+    Route(f"{API}/sessions/{{session_id}}/tasks", routes.list_session_tasks, methods=["GET"]),
+    Route(f"{API}/tasks", routes.list_tasks, methods=["GET"]),
+    Route(f"{API}/tasks/{{task_id}}", routes.get_task, methods=["GET"]),
+    Route(f"{API}/recovery/incomplete-sessions", routes.incomplete_sessions, methods=["GET"]),
+    Route(f"{API}/recovery/restore/{{session_id}}", routes.restore, methods=["POST"]),
+    Route(f"{API}/recovery/status", routes.recovery_status, methods=["GET"]),
+    Route(f"{API}/stats", routes.stats, methods=["GET"]),
+]
+
+
+def _prepare_once(settings: SinkSettings, reader: Reader) -> None:
+    sink = open_sink(settings)
+    try:
+        sink.migrate()  # the flusher does it too; whichever runs first makes the tables
+    finally:
+        sink.close()
+    reader.ensure_indexes()
+
+
+async def _prepare(settings: SinkSettings, reader: Reader) -> None:
+    while True:
+        try:
+            await anyio.to_thread.run_sync(_prepare_once, settings, reader, abandon_on_cancel=True)
+            logger.info("read indexes are in place")
+            return
+        except Exception as exc:  # top of a retry loop: log, then try again
+            logger.warning("cannot prepare the database for reads yet (%s); retrying in %.0f s",
+                           exc, PREPARE_RETRY_S, exc_info=not isinstance(exc, SinkError))
+            await asyncio.sleep(PREPARE_RETRY_S)
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     if settings is None:
         settings = load_settings()
         setup_logging(settings.service.log_level)
+    sink_settings = settings.sink
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         spool = Spool.open(settings.spool)
+        reader = open_reader(sink_settings)
+        preparing = asyncio.create_task(_prepare(sink_settings, reader))
         try:
-            yield State(spool=spool, started_us=now_us())
+            yield State(spool=spool, started_us=now_us(), reader=reader,
+                        limiter=CapacityLimiter(READ_CONNECTIONS))
         finally:
+            preparing.cancel()
+            reader.close()
             spool.close()
 
-    routes = [Route("/health", health, methods=["GET"]), *management_routes(settings)]
-    return Starlette(routes=routes, exception_handlers={**COMMON_HANDLERS, SpoolError: unavailable},
-                     lifespan=lifespan)
+    metrics.mark_up("query")
+    return Starlette(routes=ROUTES + metrics.METRICS_ROUTES + management_routes(settings),
+                     exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+                     middleware=[Middleware(RequestContext, role="query",
+                                                 is_access_log=settings.service.access_log)])

@@ -17,8 +17,16 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from core.http import error_response, json_response
-from core.records import (JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS, Cleanup,
-                          DeleteSession, SessionStatus, SetSessionStatus)
+from core.records import (
+    JSON_ENCODER,
+    KIND_CLEANUP,
+    KIND_DELETE_SESSION,
+    KIND_SET_SESSION_STATUS,
+    Cleanup,
+    DeleteSession,
+    SessionStatus,
+    SetSessionStatus,
+)
 from core.settings import Settings, SpoolSettings
 from wal import Spool, SpoolError
 from wal.types import Append

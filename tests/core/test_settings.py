@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from core.settings import ConfigError, load_settings
@@ -17,7 +18,12 @@ def test_shipped_config_matches_the_defaults(tmp_path: Path) -> None:
     defaults = load_settings(tmp_path / "empty.toml", environ={})
     # Same values except for the paths, which resolve against each file's folder.
     assert shipped.flush == defaults.flush and shipped.ingest == defaults.ingest
-    assert shipped.service == defaults.service and shipped.query == defaults.query
+    assert shipped.query == defaults.query and shipped.retention == defaults.retention
+    assert shipped.sink.connect_timeout == defaults.sink.connect_timeout
+    assert msgspec.structs.replace(shipped.service, metrics_dir="") == msgspec.structs.replace(
+        defaults.service, metrics_dir="")
+    assert msgspec.structs.replace(shipped.spool, path="") == msgspec.structs.replace(defaults.spool, path="")
+    assert shipped.service.metrics_dir == str(ROOT / "data" / "metrics")
     assert shipped.spool.path == str(ROOT / "data" / "spool.db")
     assert shipped.sink.url == f"sqlite:///{ROOT / 'data' / 'store.db'}"
 

@@ -1,0 +1,196 @@
+"""MySQL / MariaDB reader (pymysql): a few autocommit connections at READ
+COMMITTED, so each statement sees the latest commits and no read holds a
+snapshot open. A connection the server dropped is replaced and the read
+retried once (reads are idempotent)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import pymysql
+from pymysql.constants import FIELD_TYPE
+from pymysql.converters import conversions
+from pymysql.cursors import Cursor
+
+from core.records import SESSION_COLUMNS, TASK_COLUMNS
+from core.settings import SinkSettings
+from plugins.mysql import ISOLATION, READ_TIMEOUT_S, SESSION_INIT
+from plugins.reader import (
+    AVERAGE_TASK_MS,
+    READ_CONNECTIONS,
+    RECOVERY_SESSIONS,
+    RECOVERY_TASKS,
+    SESSION_STATUS_COUNTS,
+    TASK_STATUS_COUNTS,
+    ConnectionPool,
+    Key,
+    Page,
+    PageRequest,
+    ReadError,
+    ReadSql,
+    RecoveryCounts,
+    SessionFilter,
+    StoreStats,
+    TaskFilter,
+    key_getter,
+    make_page,
+    open_walk_page,
+    open_walk_start,
+)
+
+T = TypeVar("T")
+
+# Datetimes stay text ('YYYY-MM-DD HH:MM:SS.ffffff', as SQLite stores them) and
+# decimals become floats, so both readers return the same values.
+CONVERSIONS = {k: v for k, v in conversions.items() if k not in (FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP)}
+CONVERSIONS[FIELD_TYPE.NEWDECIMAL] = float
+CONVERSIONS[FIELD_TYPE.DECIMAL] = float
+
+# 2006 server gone, 2013 lost during query, 2055 lost (SSL/read), 4031 idle disconnect (MySQL 8).
+_CONNECTION_LOST = {2006, 2013, 2055, 4031}
+_DUPLICATE_INDEX = 1061
+# (table, name, columns): added online, beside the sink's own indexes.
+INDEXES = (
+    ("translation_sessions", "idx_read_sessions_status_updated", "status, updated_at"),
+    ("translation_tasks", "idx_read_tasks_created", "created_at"),
+    ("translation_tasks", "idx_read_tasks_session_created", "session_id, created_at"),
+)
+AVERAGE_SESSION_S = ("SELECT AVG(TIMESTAMPDIFF(MICROSECOND, created_at, updated_at)) / 1000000"
+                     " FROM translation_sessions WHERE status = 'completed'")
+DATABASE_BYTES = ("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
+                  " WHERE table_schema = DATABASE()")
+_TASK_ID = TASK_COLUMNS.index("task_id")
+
+
+class MysqlReader:
+    def __init__(self, settings: SinkSettings) -> None:
+        url = urlsplit(settings.url)
+        self._params: dict[str, Any] = {
+            "host": url.hostname or "127.0.0.1", "port": url.port or 3306,
+            "user": unquote(url.username or "root"), "password": unquote(url.password or ""),
+            "database": url.path.strip("/"), "charset": "utf8mb4", "autocommit": True,
+            "connect_timeout": settings.connect_timeout, "read_timeout": READ_TIMEOUT_S,
+            "write_timeout": READ_TIMEOUT_S, "init_command": SESSION_INIT, "conv": CONVERSIONS}
+        self._sql = ReadSql("%s", deferred_join=True)
+        self._pool: ConnectionPool[pymysql.connections.Connection] = ConnectionPool(
+            self._connect, pymysql.connections.Connection.close, READ_CONNECTIONS)
+
+    def _connect(self) -> pymysql.connections.Connection:
+        conn = pymysql.connect(**self._params)
+        with conn.cursor() as cur:
+            cur.execute(ISOLATION)
+        return conn
+
+    def ensure_indexes(self) -> None:
+        """Add the read indexes when missing, online (ALGORITHM=INPLACE, LOCK=NONE):
+        writes go on while a large table is indexed. Works on MySQL 8 and MariaDB."""
+        # Its own connection with no read timeout: indexing a large table takes a while.
+        try:
+            conn = pymysql.connect(**{**self._params, "read_timeout": None})
+            try:
+                with conn.cursor() as cur:
+                    _ensure_indexes(cur)
+            finally:
+                conn.close()
+        except pymysql.err.MySQLError as exc:
+            raise ReadError(f"mysql error {_code(exc)}: {exc.args[-1] if exc.args else exc}") from exc
+
+    def session(self, session_id: str) -> tuple | None:
+        rows = self._fetch(self._sql.session_by_id, [session_id])
+        return rows[0] if rows else None
+
+    def task(self, task_id: str) -> tuple | None:
+        rows = self._fetch(self._sql.task_by_id, [task_id])
+        return rows[0] if rows else None
+
+    def sessions(self, flt: SessionFilter, page: PageRequest) -> Page:
+        rows = self._fetch(*self._sql.sessions(flt, page))
+        return make_page(rows, page.limit, key_getter(SESSION_COLUMNS, flt.order))
+
+    def count_sessions(self, flt: SessionFilter) -> int:
+        return int(self._fetch(*self._sql.count_sessions(flt))[0][0])
+
+    def tasks(self, flt: TaskFilter, page: PageRequest) -> Page:
+        rows = self._fetch(*self._sql.tasks(flt, page))
+        return make_page(rows, page.limit, key_getter(TASK_COLUMNS, flt.order))
+
+    def count_tasks(self, flt: TaskFilter) -> int:
+        return int(self._fetch(*self._sql.count_tasks(flt))[0][0])
+
+    def open_tasks(self, session_id: str, after: Key | None, limit: int) -> Page:
+        # InnoDB secondary indexes end with the primary key, so (session_id, status)
+        # is (session_id, status, task_id): a chunk is one range, no sort.
+        status, last = open_walk_start(after)
+        sql, params = self._sql.open_tasks(session_id, status, last, limit, "task_id")
+        page = make_page(self._fetch(sql, params), limit, lambda row: (status, row[_TASK_ID]))
+        return open_walk_page(page, status)
+
+    def recovery_counts(self) -> RecoveryCounts:
+        return self._run(lambda cur: RecoveryCounts(
+            sessions_by_status=_pairs(cur, RECOVERY_SESSIONS),
+            open_tasks_by_status=_pairs(cur, RECOVERY_TASKS)))
+
+    def stats(self) -> StoreStats:
+        return self._run(_stats)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def _fetch(self, sql: str, params: list[Any]) -> list[tuple]:
+        def work(cur: Cursor) -> list[tuple]:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+        return self._run(work)
+
+    def _run(self, work: Callable[[Cursor], T]) -> T:
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection() as conn, conn.cursor() as cur:
+                    return work(cur)
+            except pymysql.err.MySQLError as exc:
+                if attempt == 1 and _is_connection_lost(exc):
+                    continue  # the pool dropped that connection; the next one is fresh
+                raise ReadError(f"mysql error {_code(exc)}: {exc.args[-1] if exc.args else exc}") from exc
+        raise AssertionError("unreachable")
+
+
+def _code(exc: pymysql.err.MySQLError) -> int:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
+
+
+def _is_connection_lost(exc: pymysql.err.MySQLError) -> bool:
+    return isinstance(exc, pymysql.err.InterfaceError) or _code(exc) in _CONNECTION_LOST
+
+
+def _pairs(cur: Cursor, sql: str) -> dict[str, int]:
+    cur.execute(sql)
+    return {status: int(count) for status, count in cur.fetchall()}
+
+
+def _scalar(cur: Cursor, sql: str) -> Any:
+    cur.execute(sql)
+    return cur.fetchone()[0]
+
+
+def _stats(cur: Cursor) -> StoreStats:
+    return StoreStats(
+        sessions_by_status=_pairs(cur, SESSION_STATUS_COUNTS),
+        tasks_by_status=_pairs(cur, TASK_STATUS_COUNTS),
+        average_session_s=_scalar(cur, AVERAGE_SESSION_S),
+        average_task_ms=_scalar(cur, AVERAGE_TASK_MS),
+        database_bytes=int(_scalar(cur, DATABASE_BYTES)))
+
+
+def _ensure_indexes(cur: Cursor) -> None:
+    for table, name, columns in INDEXES:
+        cur.execute("SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE()"
+                    " AND table_name = %s AND index_name = %s LIMIT 1", (table, name))
+        if cur.fetchone():
+            continue
+        try:
+            cur.execute(f"ALTER TABLE {table} ADD INDEX {name} ({columns}), ALGORITHM=INPLACE, LOCK=NONE")
+        except pymysql.err.MySQLError as exc:
+            if _code(exc) != _DUPLICATE_INDEX:  # another query process added it first
+                raise

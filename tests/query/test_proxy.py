@@ -1,0 +1,153 @@
+"""Port 8001 answers the read paths too: the ingest app passes them on to the
+query process. The answers must be the same bytes as on 8002."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from core.settings import QuerySettings
+from ingest.proxy import QueryProxy
+from tests.harness import free_port, session, task
+from tests.query.support import BASE, Api, now_iso, unique
+
+
+def test_8001_and_8002_answer_reads_identically(api: Api) -> None:
+    sid = unique("px")
+    start = now_iso()
+    api.write(sessions=[session(sid, status="completed", game_info={"名": "值"}), session(unique("py"))],
+              tasks=[task(f"{sid}-{i}", sid, row_index=i, status=["pending", "failed"][i % 2]) for i in range(30)])
+    paths = [
+        ("/sessions", {"from_date": start, "page_size": "1"}),
+        ("/sessions", {"from_date": start, "sort_by": "updated_at", "order": "asc"}),
+        (f"/sessions/{sid}", {}),  # completed: estimated_completion is null, so nothing depends on now
+        (f"/sessions/{sid}/tasks", {"status": "failed", "page_size": "4", "page": "2"}),
+        (f"/tasks/{sid}-3", {}),
+        ("/tasks", {"session_id": sid, "page_size": "7"}),
+        ("/recovery/incomplete-sessions", {}),
+        ("/stats", {}),
+        ("/sessions/nope", {}), ("/tasks/nope", {}),
+        ("/sessions", {"page": "0", "order": "sideways"}),
+        ("/tasks", {"session_id": "中文 & ?/#", "status": "pending"}),
+    ]
+    for path, params in paths:
+        direct = api.query.get(BASE + path, params=params)
+        proxied = api.service.http.get(BASE + path, params=params)
+        assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content), path
+        assert proxied.headers["content-type"] == direct.headers["content-type"]
+    cursor = api.ok("/sessions", from_date=start, page_size=1)["next_cursor"]
+    proxied = api.service.http.get(BASE + "/sessions", params={"from_date": start, "page_size": 1, "cursor": cursor})
+    assert proxied.json() == api.ok("/sessions", from_date=start, page_size=1, cursor=cursor)
+
+
+def test_restore_through_8001(api: Api) -> None:
+    sid = unique("pr")
+    api.write(sessions=[session(sid)], tasks=[task(f"{sid}-{i}", sid, row_index=i) for i in range(1500)])
+    proxied = api.service.http.post(f"{BASE}/recovery/restore/{sid}")
+    direct = api.query.post(f"{BASE}/recovery/restore/{sid}")
+    assert proxied.status_code == direct.status_code == 200
+    a, b = proxied.json(), direct.json()
+    for body in (a, b):
+        body.pop("restored_at")
+        body["session"].pop("estimated_completion")
+    assert a == b and a["tasks_count"] == 1500
+
+
+def test_write_paths_keep_their_own_errors_on_8001(api: Api) -> None:
+    r = api.service.http.get(f"{BASE}/flush")
+    assert r.status_code == 405 and r.json()["error_code"] == "METHOD_NOT_ALLOWED"
+    r = api.service.http.get("/no/such/path")
+    assert r.status_code == 404 and r.json()["error_code"] == "NOT_FOUND"
+
+
+# -- the proxy alone, in front of a plain HTTP server -------------------------
+
+class _Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(length).decode()
+        if self.path == "/teapot":
+            self._send(418, b'{"short": "and stout"}')
+            return
+        echo = {"method": self.command, "path": self.path, "body": body,
+                "headers": {k.lower(): v for k, v in self.headers.items()}}
+        self._send(200, json.dumps(echo).encode())
+
+    def _send(self, status: int, payload: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("x-upstream", "yes")
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def echo_port() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+async def _through_proxy(port: int, requests: list[tuple[str, str, dict]]) -> list[httpx.Response]:
+    """Send requests to an app whose router passes unknown paths to `port`."""
+    proxy = QueryProxy(QuerySettings(port=port), max_body_bytes=1024)
+
+    async def own(request: Request) -> Response:
+        return PlainTextResponse("own route")
+
+    app = Starlette(routes=[Route("/own", own, methods=["POST"])])
+    app.router.default = proxy
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
+            return [await client.request(method, url, **kwargs) for method, url, kwargs in requests]
+    finally:
+        await proxy.aclose()
+
+
+def test_proxy_forwards_method_path_query_headers_and_body(echo_port: int) -> None:
+    path = "/api/v1/x%2Fy/%E4%B8%AD?a=1&a=2&b=%2B08:00"
+    r, teapot, own, own_get, too_big = asyncio.run(_through_proxy(echo_port, [
+        ("PATCH", path, {"content": b'{"status": "failed"}',
+                         "headers": {"x-request-id": "r-1", "content-type": "application/json"}}),
+        ("GET", "/teapot", {}), ("POST", "/own", {}), ("GET", "/own", {}),
+        ("POST", "/x", {"content": b"x" * 2048}),
+    ]))
+    assert r.status_code == 200 and r.headers["x-upstream"] == "yes"
+    echo = r.json()
+    assert (echo["method"], echo["path"], echo["body"]) == ("PATCH", path, '{"status": "failed"}')
+    assert echo["headers"]["x-request-id"] == "r-1"
+    assert echo["headers"]["content-type"] == "application/json"
+    assert echo["headers"]["host"] == f"127.0.0.1:{echo_port}"
+    assert (teapot.status_code, teapot.json()) == (418, {"short": "and stout"})
+    assert own.text == "own route"
+    assert own_get.status_code == 405  # a route's wrong method is not passed on
+    assert too_big.status_code == 413 and too_big.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+
+
+def test_query_process_down_is_503() -> None:
+    answers = asyncio.run(_through_proxy(free_port(), [("GET", f"{BASE}/sessions", {}),
+                                                       ("POST", f"{BASE}/recovery/restore/x", {})]))
+    for r in answers:
+        assert r.status_code == 503, r.text
+        assert r.json()["error_code"] == "QUERY_UNAVAILABLE" and r.headers["retry-after"]

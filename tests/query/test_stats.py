@@ -1,0 +1,50 @@
+"""GET /stats against the same figures computed from the tables directly."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.harness import session, sink_rows, task
+from tests.query.support import Api, unique
+
+SESSION_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")
+TASK_STATUSES = ("pending", "processing", "completed", "failed")
+
+
+def _time(value: Any) -> datetime:  # MySQL rows hold datetimes, SQLite rows hold text
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+
+
+def test_stats_match_the_tables(api: Api) -> None:
+    sid = unique("st")
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()  # a completed session took about an hour
+    api.write(sessions=[session(sid, status="completed", updated_at=later), session(unique("sf"), status="failed")],
+              tasks=[task(f"{sid}-{i}", sid, status=TASK_STATUSES[i % 4], duration_ms=100 * i if i % 2 else None)
+                     for i in range(12)])
+    body = api.ok("/stats")
+    assert set(body) == {"sessions", "tasks", "performance", "storage"}
+    sessions = sink_rows(api.service.sink_url, "translation_sessions", "status, created_at, updated_at")
+    tasks = sink_rows(api.service.sink_url, "translation_tasks", "status, duration_ms")
+    by_status = Counter(r["status"] for r in sessions)
+    assert body["sessions"] == {"total": len(sessions), **{s: by_status[s] for s in SESSION_STATUSES}}
+    task_status = Counter(r["status"] for r in tasks)
+    assert body["tasks"] == {"total": len(tasks), **{s: task_status[s] for s in TASK_STATUSES}}
+
+    durations = [(_time(r["updated_at"]) - _time(r["created_at"])).total_seconds()
+                 for r in sessions if r["status"] == "completed"]
+    task_ms = [int(r["duration_ms"]) for r in tasks if r["duration_ms"] is not None]
+    done, failed = task_status["completed"], task_status["failed"]
+    performance = body["performance"]
+    assert set(performance) == {"average_session_time", "average_task_time", "success_rate"}
+    assert performance["average_session_time"] == pytest.approx(sum(durations) / len(durations), abs=0.01)
+    assert performance["average_task_time"] == pytest.approx(sum(task_ms) / len(task_ms) / 1000, abs=0.001)
+    assert performance["success_rate"] == pytest.approx(100 * done / (done + failed), abs=0.01)
+
+    storage = body["storage"]
+    assert set(storage) == {"database_size_mb", "sessions_table_rows", "tasks_table_rows"}
+    assert (storage["sessions_table_rows"], storage["tasks_table_rows"]) == (len(sessions), len(tasks))
+    assert storage["database_size_mb"] > 0
