@@ -10,13 +10,19 @@ from core.logging import setup_logging
 from core.settings import CONFIG_ENV, ConfigError, load_settings
 from core.supervisor import EXIT_FATAL, Supervisor, exec_role
 
+ADMIN_COMMANDS = ("dead-letters", "status")
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="persistence-service")
     parser.add_argument("--config", help="config file (default: $PS_CONFIG, else ./config.toml)")
-    parser.add_argument("command", choices=["run", "ingest", "flusher", "query"],
-                        help="run: everything under one supervisor; the others: one role")
+    parser.add_argument("command", choices=["run", "ingest", "flusher", "query", *ADMIN_COMMANDS],
+                        help="run: everything under one supervisor; ingest|flusher|query: one role; "
+                             "dead-letters list|retry|purge, status: see `COMMAND --help`")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # an admin command's own
     args = parser.parse_args(argv)
+    if args.args and args.command not in ADMIN_COMMANDS:
+        parser.error(f"unrecognized arguments: {' '.join(args.args)}")
     if args.config:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
     try:
@@ -27,6 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     if settings.source:
         os.environ[CONFIG_ENV] = settings.source  # children read the same file
     setup_logging(settings.service.log_level)
+    if args.command in ADMIN_COMMANDS:
+        # Implemented in query/admin.py; core imports nothing of query, so run it as a module.
+        os.execv(sys.executable, [sys.executable, "-m", "query.admin", args.command, *args.args])
     if args.command == "run":
         sys.exit(Supervisor(settings).run())
     exec_role(args.command, settings)

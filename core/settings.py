@@ -35,6 +35,7 @@ class IngestSettings(Struct, frozen=True, forbid_unknown_fields=True):
     port: Port = 8001
     workers: Annotated[int, Meta(ge=0, le=256)] = 0
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 8 * 1024 * 1024
+    body_timeout: Seconds = 30.0
     flush_timeout: Seconds = 10.0
 
     @property
@@ -74,6 +75,24 @@ class RetentionSettings(Struct, frozen=True, forbid_unknown_fields=True):
     failed_days: Annotated[float, Meta(ge=0)] = 30.0
 
 
+Scope = Literal["write", "read", "admin"]
+
+
+class ApiKey(Struct, frozen=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    sha256: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]  # the key itself is never stored
+    scopes: list[Scope]
+    rate_per_s: Annotated[float, Meta(ge=0)] = 0.0  # requests/s per ingest or query process; 0 = unlimited
+
+
+class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    keys: list[ApiKey] = []
+
+    @property
+    def is_enabled(self) -> bool:
+        return bool(self.keys)
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     service: ServiceSettings = ServiceSettings()
     ingest: IngestSettings = IngestSettings()
@@ -82,6 +101,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     flush: FlushSettings = FlushSettings()
     sink: SinkSettings = SinkSettings()
     retention: RetentionSettings = RetentionSettings()
+    auth: AuthSettings = AuthSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""
 

@@ -28,6 +28,9 @@ from core.settings import Settings
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+ORPHAN_STOP_S = 10.0
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXIT_FATAL = 78  # a child that exits with this cannot start (bad config, unusable spool)
 STOP_TIMEOUT_S = 30.0
 RESTART_WINDOW_S = 60.0
@@ -90,6 +93,11 @@ class Supervisor:
         self._env: dict[str, str] = {}
 
     def run(self) -> int:
+        warn_if_exposed(self._settings)
+        # Orphans of a dead child (granian's workers when its main process is
+        # killed) become our children, so we can stop them: left alone they
+        # would keep serving the port (SO_REUSEPORT) outside our control.
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._stop.set())
         # Samples of a previous run would be added to this one's.
@@ -100,10 +108,26 @@ class Supervisor:
         code = 0
         while not self._stop.wait(self._settings.service.health_check_interval):
             code = self._check_children()
+            self._stop_orphans()
             if code:
                 break
         self._shutdown()
+        self._stop_orphans()
         return code
+
+    def _stop_orphans(self) -> None:
+        tracked = {c.proc.pid for c in self._children.values() if c.proc is not None}
+        orphans = [pid for pid in _own_children() if pid not in tracked]
+        for pid in orphans:
+            logger.warning("stopping orphaned process %d (its parent, one of our children, died)", pid)
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + ORPHAN_STOP_S
+        for pid in orphans:
+            while not _reaped(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not _reaped(pid):
+                _signal(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
     def _check_children(self) -> int:
         for child in self._children.values():
@@ -127,12 +151,47 @@ class Supervisor:
         logger.info("stopped")
 
 
+def warn_if_exposed(settings: Settings) -> None:
+    for name, host in (("ingest", settings.ingest.host), ("query", settings.query.host)):
+        if host not in LOOPBACK and not settings.auth.is_enabled:
+            logger.warning("%s listens on %s without API keys: anyone who can reach it can write, read and "
+                           "delete. Configure [auth] keys or bind to 127.0.0.1.", name, host)
+
+
 def _die_with_parent() -> None:
     # If the supervisor is killed (even with SIGKILL), its children get SIGTERM
     # and stop cleanly instead of holding the ports against the next start.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _own_children() -> list[int]:
+    pid = os.getpid()
+    children: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as file:
+            children.extend(int(p) for p in file.read().split())
+    return children
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reaped(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == pid
+    except ChildProcessError:
+        return True
 
 
 def metrics_env(settings: Settings) -> dict[str, str]:
@@ -144,5 +203,6 @@ def metrics_env(settings: Settings) -> dict[str, str]:
 
 def exec_role(role: str, settings: Settings) -> None:
     """Replace this process with one role (for systemd units and containers)."""
+    warn_if_exposed(settings)
     argv = role_command(role, settings)
     os.execve(argv[0], argv, metrics_env(settings))

@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from core import metrics
 from core.logging import setup_logging
+from core.auth import ApiKeyAuth
 from core.middleware import RequestContext
 from core.settings import Settings, load_settings
 from core.times import now_us
@@ -27,6 +28,7 @@ class State(TypedDict):
     writer: SpoolWriter
     spool: Spool
     max_body_bytes: int
+    body_timeout: float
     flush_timeout: float
     started_us: int
 
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         spool = Spool.open(settings.spool)
         try:
             yield State(writer=writer, spool=spool, max_body_bytes=settings.ingest.max_body_bytes,
+                        body_timeout=settings.ingest.body_timeout,
                         flush_timeout=settings.ingest.flush_timeout, started_us=now_us())
         finally:
             writer.stop()
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     metrics.mark_up("ingest")
     app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
-                    middleware=[Middleware(RequestContext, role="ingest", is_access_log=settings.service.access_log)])
+                    middleware=[Middleware(RequestContext, role="ingest", is_access_log=settings.service.access_log),
+                                Middleware(ApiKeyAuth, settings=settings.auth)])
     app.router.default = QueryProxy(settings.query, settings.ingest.max_body_bytes)
     return app

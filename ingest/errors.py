@@ -19,12 +19,21 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class BodyTimeout(Exception):
+    def __init__(self, limit_s: float) -> None:
+        super().__init__(f"the body did not arrive within body_timeout ({limit_s:g} s)")
+
+
 class WrongContentType(Exception):
     """The request declares a content type other than JSON."""
 
 
 async def _too_large(request: Request, exc: Exception) -> Response:
     return error_response(413, str(exc), "PAYLOAD_TOO_LARGE")
+
+
+async def _body_timeout(request: Request, exc: Exception) -> Response:
+    return error_response(408, str(exc), "REQUEST_TIMEOUT")
 
 
 async def _wrong_type(request: Request, exc: Exception) -> Response:
@@ -45,6 +54,7 @@ async def _invalid(request: Request, exc: Exception) -> Response:
 EXCEPTION_HANDLERS: dict[Any, Any] = {
     **COMMON_HANDLERS,
     BodyTooLarge: _too_large,
+    BodyTimeout: _body_timeout,
     WrongContentType: _wrong_type,
     BodyNotJson: _not_json,
     BatchInvalid: _invalid,

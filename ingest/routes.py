@@ -13,7 +13,7 @@ from core.http import json_response
 from core.metrics import RECORDS_ACCEPTED
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.times import iso_z, now_us
-from ingest.errors import BodyTooLarge, WrongContentType
+from ingest.errors import BodyTimeout, BodyTooLarge, WrongContentType
 from ingest.validation import validate_batch
 from wal.health import health_report
 from wal.types import Append
@@ -30,7 +30,11 @@ async def post_tasks(request: Request) -> Response:
 
 
 async def _accept(request: Request, kind: int) -> Response:
-    body = await _read_body(request, request.state.max_body_bytes)
+    try:
+        async with asyncio.timeout(request.state.body_timeout):
+            body = await _read_body(request, request.state.max_body_bytes)
+    except TimeoutError:
+        raise BodyTimeout(request.state.body_timeout) from None
     count = validate_batch(kind, body)
     await request.state.writer.append(Append(kind, body, count))
     RECORDS_ACCEPTED.labels("session" if kind == KIND_SESSIONS else "task").inc(count)

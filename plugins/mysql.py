@@ -229,7 +229,7 @@ class MysqlSink:
         try:
             self._connection().ping(reconnect=False)
             return True
-        except pymysql.err.MySQLError:
+        except (pymysql.err.MySQLError, TransientSinkError):  # connecting converts its error already
             self._drop()
             return False
 

@@ -23,6 +23,7 @@ from starlette.routing import Route
 from core import VERSION, metrics
 from core.http import COMMON_HANDLERS, error_response, json_response, unavailable
 from core.logging import setup_logging
+from core.auth import ApiKeyAuth
 from core.middleware import RequestContext
 from core.settings import Settings, SinkSettings, load_settings
 from core.times import now_us
@@ -30,6 +31,7 @@ from plugins import SinkError, open_sink
 from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
 from query import routes
 from query.management import management_routes
+from query.system import system_routes
 from query.params import InvalidParams, errors_body
 from wal import Spool, SpoolError
 from wal.health import health_report
@@ -121,7 +123,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             spool.close()
 
     metrics.mark_up("query")
-    return Starlette(routes=ROUTES + metrics.METRICS_ROUTES + management_routes(settings),
+    return Starlette(routes=ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings),
                      exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                      middleware=[Middleware(RequestContext, role="query",
-                                                 is_access_log=settings.service.access_log)])
+                                                 is_access_log=settings.service.access_log),
+                                      Middleware(ApiKeyAuth, settings=settings.auth)])

@@ -55,6 +55,7 @@ log_level = "info"
 port = {ingest_port}
 workers = {workers}
 max_body_bytes = {max_body_bytes}
+body_timeout = {body_timeout}
 flush_timeout = {flush_timeout}
 [query]
 port = {query_port}
@@ -73,11 +74,13 @@ url = "{sink_url}"
 connect_timeout = 2.0
 [retention]
 interval = {retention_interval}
+{extra_toml}
 """
 
 DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8 * 1024 * 1024,
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
-                                batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0)
+                                batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0,
+                                body_timeout=30.0, extra_toml="")
 
 
 class Service:

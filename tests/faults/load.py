@@ -32,7 +32,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -45,6 +44,8 @@ FUTURE = datetime(2031, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # An implicit version is taken inside the request; allow for clock granularity.
 CLOCK_SLACK_US = 5_000
+HOT_KEYS = 100  # per load thread
+SERVICE_GONE_S = 10.0  # a load thread gives up this long after the service process exited
 _ENCODE = msgspec.json.encode
 _JSON = {"content-type": "application/json"}
 
@@ -159,18 +160,38 @@ class Load:
         wait_for(lambda: self.acked_records >= records, timeout,
                  f"{records} acknowledged task records (have {self.acked_records}, {self.statuses})")
 
+    def attempts(self) -> int:
+        """Requests answered or failed so far."""
+        with self._lock:
+            return sum(self.statuses.values())
+
+    def wait_attempts(self, more: int, timeout: float) -> None:
+        """Wait until the threads have made this many more requests (e.g. to
+        observe that nothing is acknowledged any more)."""
+        target = self.attempts() + more
+        wait_for(lambda: self.attempts() >= target, timeout, f"{more} more requests ({self.statuses})")
+
     def _run(self, number: int) -> None:
         rng = random.Random(f"{self.tag}-{number}")
         kinds = "eim"
         made: list[str] = []
         posted = 0
         url = f"http://127.0.0.1:{self.service.ingest_port}{TASKS}"
+        dead_since = 0.0
         with httpx.Client(timeout=60) as client:
             while not self._stop.is_set() and (self.max_tasks is None or posted < self.max_tasks):
+                if self.service.proc is not None and self.service.proc.poll() is not None:
+                    # The service has exited (a test failed, or it was killed on purpose):
+                    # keep trying briefly, as a client would, then stop spinning.
+                    dead_since = dead_since or time.monotonic()
+                    if time.monotonic() - dead_since > SERVICE_GONE_S:
+                        return
                 keys: set[str] = set()
-                rewrites = int(self.batch * self.rewrite_share) if made else 0
-                while len(keys) < min(rewrites, len(made)) and len(keys) < len(made):
-                    keys.add(rng.choice(made))
+                rewrites = min(int(self.batch * self.rewrite_share), len(made))
+                while len(keys) < rewrites:
+                    # Half of the rewrites hit a small hot set, so that some keys see
+                    # dozens of writes (stale ones included), the rest any key.
+                    keys.add(rng.choice(made[:HOT_KEYS] if rng.random() < 0.5 else made))
                 while len(keys) < self.batch:
                     key = f"{self.tag}-{kinds[len(made) % 3]}-t{number}-{len(made)}"
                     made.append(key)
@@ -222,6 +243,10 @@ class Load:
             time.sleep(0.05)  # do not spin on a refusing service
 
     # -- the oracle -------------------------------------------------------------
+
+    def acked_sent_after(self, when_us: int) -> int:
+        """Acknowledged writes whose request was sent after this time (now_us())."""
+        return sum(1 for h in self.writes.values() for w in h if w.acked and w.sent_us > when_us)
 
     def acked_keys(self) -> set[str]:
         return {key for key, history in self.writes.items() if any(w.acked for w in history)}
@@ -341,34 +366,35 @@ def running(service: Service) -> Iterator[Service]:
 def only_flusher(service: Service, not_pid: int = 0, timeout: float = 30) -> int:
     """The pid of the one running flusher (other than not_pid), waiting for a restart."""
     def find() -> int | None:
-        pids = [p for p in service.children()["flusher"] if p != not_pid and _state(p) not in "ZX"]
+        pids = [p for p in service.children()["flusher"] if p != not_pid and is_alive(p)]
         return pids[0] if len(pids) == 1 else None
     return wait_for(find, timeout, f"a flusher other than pid {not_pid}")
 
 
-def _state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return "X"
+def granian_main(service: Service) -> int:
+    """The granian main process of ingest (the supervisor's own child); 0 while
+    there is not exactly one."""
+    assert service.proc is not None
+    mains = [pid for pid in service.children()["ingest"] if _stat(pid)[1] == str(service.proc.pid)]
+    return int(mains[0]) if len(mains) == 1 else 0
 
 
 def granian_workers(service: Service) -> list[int]:
-    """The ingest worker pids: children of the granian main process, which is
-    the supervisor's own child."""
+    """The ingest worker pids: the children of granian main processes."""
     assert service.proc is not None
-    ingest = service.children()["ingest"]
-    return [pid for pid in ingest if _parent(pid) != service.proc.pid]
+    return [pid for pid in service.children()["ingest"] if _stat(pid)[1] not in ("", str(service.proc.pid))]
 
 
-def _parent(pid: int) -> int:
+def is_alive(pid: int) -> bool:
+    return _stat(pid)[0] not in ("", "Z", "X")
+
+
+def _stat(pid: int) -> tuple[str, str]:
+    """(state, parent pid) from /proc; ("", "") when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return int(stat.read().rsplit(")", 1)[1].split()[1])
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return fields[0], fields[1]
     except OSError:
-        return 0
+        return "", ""
 
-
-def is_mysql(sink_url: str) -> bool:
-    return urlsplit(sink_url).scheme == "mysql"

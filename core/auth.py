@@ -1,0 +1,110 @@
+"""Optional API keys with scopes, and per-key rate limits.
+
+Keys are compared by their SHA-256 (config stores only hashes); a key never
+reaches a log line: failures are logged with the key's name when known, or
+nothing. The rate limit is a token bucket per key in each process, so with N
+ingest workers a key may reach N x rate_per_s in total.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import re
+import time
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from core.http import error_response
+from core.settings import ApiKey, AuthSettings
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = {"/health"}
+_WRITE = re.compile(r"^/api/v1/translation/((sessions|tasks)/batch|flush)$")
+_ADMIN = re.compile(r"^/api/v1/(system/(config|dead-letters.*)|translation/sessions/(cleanup|[^/]+/status))$")
+
+
+def required_scope(method: str, path: str) -> str | None:
+    """The scope a request needs; None for the open paths."""
+    if path in OPEN_PATHS:
+        return None
+    if method == "POST" and _WRITE.match(path):
+        return "write"
+    if _ADMIN.match(path) or (method == "DELETE" and path.startswith("/api/v1/translation/sessions/")):
+        return "admin"
+    return "read"
+
+
+class _Bucket:
+    def __init__(self, rate_per_s: float) -> None:
+        self.rate = rate_per_s
+        self.tokens = rate_per_s
+        self.updated = time.monotonic()
+
+    def take(self) -> float:
+        """0 when a request may pass, else the seconds until one may."""
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class ApiKeyAuth:
+    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
+        self.app = app
+        self.keys = {key.sha256: key for key in settings.keys}
+        self.buckets = {key.sha256: _Bucket(key.rate_per_s) for key in settings.keys if key.rate_per_s}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys:
+            await self.app(scope, receive, send)
+            return
+        needed = required_scope(scope["method"], scope["path"])
+        if needed is None:
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope, needed)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, needed: str):  # -> Response | None
+        key = self._key(scope)
+        if key is None:
+            return error_response(401, "A valid API key is required (X-API-Key or Authorization: Bearer).",
+                                  "UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
+        if needed not in key.scopes:
+            logger.info("key %r lacks scope %s for %s %s", key.name, needed, scope["method"], scope["path"])
+            return error_response(403, f"This API key lacks the {needed!r} scope.", "FORBIDDEN")
+        bucket = self.buckets.get(key.sha256)
+        wait_s = bucket.take() if bucket else 0.0
+        if wait_s:
+            return error_response(429, f"Rate limit of {key.rate_per_s:g} requests/s reached for this key.",
+                                  "RATE_LIMITED", headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+        return None
+
+    def _key(self, scope: Scope) -> ApiKey | None:
+        presented = _presented_key(scope)
+        if presented is None:
+            return None
+        digest = hashlib.sha256(presented).hexdigest()
+        for sha, key in self.keys.items():
+            if hmac.compare_digest(sha, digest):
+                return key
+        return None
+
+
+def _presented_key(scope: Scope) -> bytes | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-api-key":
+            return value
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            return value[7:].strip()
+    return None

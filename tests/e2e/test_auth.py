@@ -1,0 +1,76 @@
+"""API keys with scopes, per-key rate limits, slow clients."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import time
+
+import pytest
+
+from tests.harness import TASKS, session, task, wait_for
+
+KEYS = {"writer": "w-secret-0123456789", "reader": "r-secret-0123456789", "admin": "a-secret-0123456789",
+        "slow": "s-secret-0123456789"}
+AUTH = f"""
+[auth]
+keys = [
+  {{ name = "writer", sha256 = "{hashlib.sha256(KEYS['writer'].encode()).hexdigest()}", scopes = ["write", "read"] }},
+  {{ name = "reader", sha256 = "{hashlib.sha256(KEYS['reader'].encode()).hexdigest()}", scopes = ["read"] }},
+  {{ name = "admin", sha256 = "{hashlib.sha256(KEYS['admin'].encode()).hexdigest()}", scopes = ["admin"] }},
+  {{ name = "slow", sha256 = "{hashlib.sha256(KEYS['slow'].encode()).hexdigest()}", scopes = ["write"], rate_per_s = 2 }},
+]
+"""
+
+
+@pytest.fixture
+def secured(service_factory, tmp_path):
+    return service_factory(f"sqlite:///{tmp_path / 'store.db'}", extra_toml=AUTH, body_timeout=1.0)
+
+
+def _h(name: str) -> dict[str, str]:
+    return {"X-API-Key": KEYS[name]}
+
+
+def test_scopes(secured) -> None:
+    body = {"tasks": [task("t-1", "s-1")]}
+    assert secured.http.get("/health").status_code == 200  # load balancers need no key
+    r = secured.post(TASKS, body)
+    assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHORIZED"
+    assert secured.post(TASKS, body, headers={"X-API-Key": "wrong"}).status_code == 401
+    r = secured.post(TASKS, body, headers=_h("reader"))
+    assert r.status_code == 403 and r.json()["error_code"] == "FORBIDDEN"
+    assert secured.post("/api/v1/translation/sessions/batch", {"sessions": [session("s-1")]},
+                        headers={"Authorization": f"Bearer {KEYS['writer']}"}).status_code == 202
+    assert secured.post(TASKS, body, headers=_h("writer")).status_code == 202
+    assert secured.http.post("/api/v1/translation/flush", headers=_h("writer")).status_code == 200
+    assert secured.http.get("/api/v1/translation/sessions", headers=_h("reader")).status_code == 200
+    assert secured.http.get("/api/v1/translation/sessions").status_code == 401
+    assert secured.http.delete("/api/v1/translation/sessions/s-1", headers=_h("writer")).status_code == 403
+    assert secured.http.delete("/api/v1/translation/sessions/s-1", headers=_h("admin")).status_code == 200
+    # The query port enforces the same rules for clients that go there directly.
+    direct = f"http://127.0.0.1:{secured.query_port}/api/v1/translation/sessions"
+    assert secured.http.get(direct).status_code == 401
+    assert secured.http.get(direct, headers=_h("reader")).status_code == 200
+    log = secured.log.read_text()
+    assert all(key not in log for key in KEYS.values())
+
+
+def test_rate_limit_answers_429_with_retry_after(secured) -> None:
+    answers = [secured.post(TASKS, {"tasks": [task(f"t-{i}", "s-1")]}, headers=_h("slow")) for i in range(12)]
+    limited = [r for r in answers if r.status_code == 429]
+    assert limited, [r.status_code for r in answers]
+    assert limited[0].json()["error_code"] == "RATE_LIMITED" and int(limited[0].headers["Retry-After"]) >= 1
+    assert all(r.status_code in (202, 429) for r in answers)
+
+
+def test_slow_body_is_cut_off_with_408(secured) -> None:
+    with socket.create_connection(("127.0.0.1", secured.ingest_port), timeout=10) as sock:
+        sock.sendall(f"POST {TASKS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"X-API-Key: {KEYS['writer']}\r\nContent-Length: 1000\r\n\r\n{{\"tasks\": [".encode())
+        started = time.monotonic()
+        answer = sock.recv(4096).decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert time.monotonic() - started < 8
+    assert "REQUEST_TIMEOUT" in answer
+    wait_for(lambda: secured.http.get("/health").status_code == 200, 5, "the service to keep answering")
