@@ -14,6 +14,7 @@ from flusher.loop import Flusher
 from plugins import Sink, TransientSinkError, open_sink
 from core.supervisor import EXIT_FATAL
 from wal import Spool, SpoolCorrupt
+from wal.salvage import check, damaged_message
 
 logger = logging.getLogger("flusher")
 
@@ -24,6 +25,10 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    report = check(settings.spool.path)
+    if not report.is_ok:
+        logger.critical("%s", damaged_message(report))
+        sys.exit(EXIT_FATAL)
     try:
         spool = Spool.open(settings.spool)
     except SpoolCorrupt as exc:

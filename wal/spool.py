@@ -93,6 +93,27 @@ class Spool:
             _rollback(conn)
             raise
 
+    def import_entries(self, rows: Sequence[tuple[int, Append]]) -> int:
+        """Append entries that keep their original acceptance time (their
+        version), in the given order, in one transaction. For salvage only."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for received_at_us, item in rows:
+                conn.execute("INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",
+                             (item.kind, received_at_us, item.record_count, item.payload))
+            conn.execute(
+                "UPDATE state SET clock_us = max(clock_us, ?), live_bytes = live_bytes + ?,"
+                " live_sessions = live_sessions + ?, live_tasks = live_tasks + ?",
+                (max((r for r, _ in rows), default=0), sum(len(a.payload) for _, a in rows),
+                 sum(a.record_count for _, a in rows if a.kind == KIND_SESSIONS),
+                 sum(a.record_count for _, a in rows if a.kind == KIND_TASKS)))
+            conn.execute("COMMIT")
+            return len(rows)
+        except BaseException:
+            _rollback(conn)
+            raise
+
     def last_seq(self) -> int:
         """The highest seq ever committed (0 for a new spool)."""
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
