@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from core import VERSION
 from core.times import now_us
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -43,8 +44,22 @@ PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by r
                    multiprocess_mode="livesum")
 
 
+BUILD_INFO = Gauge("persistence_build_info", "The running version (value 1).", ["version"],
+                   multiprocess_mode="max")
+
+
 def mark_up(role: str) -> None:
+    """Called once per process at start: up, and every counter series at 0, so
+    that increase() sees the first event after a start (a series that appears
+    already at 1 reads as no increase)."""
     PROCESS_UP.labels(role).set(1)
+    BUILD_INFO.labels(VERSION).set(1)
+    for kind in ("session", "task"):
+        RECORDS_ACCEPTED.labels(kind)
+        FLUSH_ROWS.labels(kind)
+        DEAD_LETTERED.labels(kind)
+    for error_class in ("transient", "permanent"):
+        SINK_ERRORS.labels(error_class)
 
 
 def render(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:

@@ -72,4 +72,6 @@ def _route_template(scope: Scope) -> str:
         match, _ = route.matches(scope)
         if match != Match.NONE:  # PARTIAL: the path exists, the method does not (405)
             return getattr(route, "path", "other")
-    return "unmatched"
+    # Port 8001 passes the paths it does not own on to the query process, which labels them itself.
+    router = getattr(app, "router", None)
+    return "proxied" if router is not None and router.default != router.not_found else "unmatched"

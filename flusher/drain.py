@@ -34,6 +34,7 @@ class DrainReport(Struct):
     released: int
     dead: int
     rejected: int = 0  # rows the database refused for good (a subset of dead)
+    dead_sessions: int = 0
 
 
 class Drainer:
@@ -73,7 +74,7 @@ class Drainer:
             hold=hold, release=release, dead=dead)
         self._spool.commit_drain(change)
         return DrainReport(change.through_seq, change.sessions_written, change.tasks_written,
-                           len(hold), len(release), len(dead), len(rejected))
+                           len(hold), len(release), len(dead), len(rejected), _count(dead, KIND_SESSIONS))
 
     def _apply_command(self, entry: SpoolEntry) -> DrainReport:
         applied = apply_command(entry, self._sink)

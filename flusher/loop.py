@@ -145,7 +145,7 @@ def _count(report: DrainReport) -> None:
     metrics.FLUSH_BATCHES.inc()
     metrics.FLUSH_ROWS.labels("session").inc(report.sessions_written)
     metrics.FLUSH_ROWS.labels("task").inc(report.tasks_written)
-    if report.rejected:
-        metrics.SINK_ERRORS.labels("permanent").inc(report.rejected)
-    if report.dead:
-        metrics.DEAD_LETTERED.labels("any").inc(report.dead)
+    if report.rejected:  # one error per cycle, as for transient ones; the rows are counted as dead letters
+        metrics.SINK_ERRORS.labels("permanent").inc()
+    metrics.DEAD_LETTERED.labels("session").inc(report.dead_sessions)
+    metrics.DEAD_LETTERED.labels("task").inc(report.dead - report.dead_sessions)
