@@ -123,7 +123,11 @@ def _target(scope: Scope) -> httpx.URL:
 
 
 def _headers(scope: Scope) -> list[tuple[bytes, bytes]]:
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP]
+    # The request id this port gave the request goes along, so both processes log the same one.
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP | {b"x-request-id"}]
+    request_id = scope.get("state", {}).get("request_id")
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode()))
     client = scope.get("client")
     if client:
         headers.append((b"x-forwarded-for", client[0].encode()))
@@ -133,7 +137,8 @@ def _headers(scope: Scope) -> list[tuple[bytes, bytes]]:
 async def _relay(upstream: httpx.Response, send: Send) -> None:
     """Stream the query process's answer back byte for byte (no decoding)."""
     try:
-        headers = [(k, v) for k, v in upstream.headers.raw if k.lower() not in _HOP_BY_HOP - {b"content-length"}]
+        dropped = (_HOP_BY_HOP - {b"content-length"}) | {b"x-request-id"}  # this port's middleware adds it
+        headers = [(k, v) for k, v in upstream.headers.raw if k.lower() not in dropped]
         await send({"type": "http.response.start", "status": upstream.status_code, "headers": headers})
         async for chunk in upstream.aiter_raw():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
