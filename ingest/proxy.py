@@ -124,8 +124,9 @@ def _target(scope: Scope) -> httpx.URL:
 
 def _headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     # The request id this port gave the request goes along, so both processes log the same one.
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in _HOP_BY_HOP | {b"x-request-id"}]
     request_id = scope.get("state", {}).get("request_id")
+    dropped = _HOP_BY_HOP | {b"x-request-id"} if request_id else _HOP_BY_HOP
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() not in dropped]
     if request_id:
         headers.append((b"x-request-id", request_id.encode()))
     client = scope.get("client")
