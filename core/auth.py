@@ -22,7 +22,7 @@ from core.settings import ApiKey, AuthSettings
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = {"/health"}
+OPEN_PATHS = {"/health", "/openapi.json", "/docs"}  # the API's description is no secret
 _WRITE = re.compile(r"^/api/v1/translation/((sessions|tasks)/batch|flush)$")
 _ADMIN = re.compile(r"^/api/v1/(system/(config|dead-letters.*)|translation/sessions/(cleanup|[^/]+/status))$")
 
@@ -71,6 +71,8 @@ class ApiKeyAuth:
             return
         refusal = self._refusal(scope, needed)
         if refusal is not None:
+            # The body was not read: the connection cannot carry another request.
+            refusal.headers["connection"] = "close"
             await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)

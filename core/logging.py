@@ -9,6 +9,8 @@ import time
 
 import msgspec
 
+from core.redact import scrub_text
+
 _ENCODER = msgspec.json.Encoder()
 
 
@@ -19,10 +21,10 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "pid": os.getpid(),
-            "msg": record.getMessage(),
+            "msg": scrub_text(record.getMessage()),
         }
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = scrub_text(self.formatException(record.exc_info))
         return _ENCODER.encode(doc).decode()
 
 

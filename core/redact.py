@@ -29,15 +29,17 @@ def is_secret_key(key: str) -> bool:
 def redact_url(url: str) -> str:
     """The URL with its password (if any) replaced by REDACTED."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user = userinfo.partition(":")[0]
-    return parts._replace(netloc=f"{user}:{REDACTED}@{hostport}").geturl()
+    if parts.password is not None:
+        userinfo, _, hostport = parts.netloc.rpartition("@")
+        url = parts._replace(netloc=f"{userinfo.partition(':')[0]}:{REDACTED}@{hostport}").geturl()
+    # An unencoded '/', '?' or '#' in the password cuts urlsplit's netloc short: the text rule catches it.
+    return scrub_text(url)
 
 
 def scrub_text(text: str) -> str:
     """A free text (log line, error message) with every URL password replaced."""
+    if "://" not in text:
+        return text  # the common case, kept cheap for a log formatter
     return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
 
 
@@ -50,5 +52,5 @@ def redact(value: Any, key: str = "") -> Any:
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str) and "://" in value:
-        return scrub_text(redact_url(value))
+        return redact_url(value)
     return value

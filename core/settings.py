@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -173,8 +173,20 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
 
 
 def _check_url(url: str) -> None:
-    scheme = urlsplit(url).scheme
-    if scheme not in ("sqlite", "mysql"):
-        raise ConfigError(f"sink.url: unknown scheme {scheme!r} (use sqlite:///path or mysql://user:pass@host:port/db)")
-    if scheme == "mysql" and not urlsplit(url).path.strip("/"):
+    parts = urlsplit(url)
+    if parts.scheme not in ("sqlite", "mysql"):
+        raise ConfigError(f"sink.url: unknown scheme {parts.scheme!r} (use sqlite:///path or mysql://user:pass@host:port/db)")
+    if parts.scheme == "mysql" and not _is_readable(parts):
+        # Never echo the URL or urllib's error: both would show the password.
+        raise ConfigError("sink.url: the mysql URL cannot be read; percent-encode '/', '#', '?' and '@' in the"
+                          " user name and password (%2F, %23, %3F, %40)")
+    if parts.scheme == "mysql" and not parts.path.strip("/"):
         raise ConfigError("sink.url: a mysql URL must name a database (mysql://user@host:3306/db)")
+
+
+def _is_readable(parts: SplitResult) -> bool:
+    try:
+        parts.port  # raises ValueError when a '/' in the password cut the netloc short
+    except ValueError:
+        return False
+    return not (parts.query or parts.fragment)  # what follows '?' or '#' would be lost

@@ -29,11 +29,12 @@ class WrongContentType(Exception):
 
 
 async def _too_large(request: Request, exc: Exception) -> Response:
-    return error_response(413, str(exc), "PAYLOAD_TOO_LARGE")
+    # The rest of the body was not read: the connection cannot carry another request.
+    return error_response(413, str(exc), "PAYLOAD_TOO_LARGE", headers={"Connection": "close"})
 
 
 async def _body_timeout(request: Request, exc: Exception) -> Response:
-    return error_response(408, str(exc), "REQUEST_TIMEOUT")
+    return error_response(408, str(exc), "REQUEST_TIMEOUT", headers={"Connection": "close"})
 
 
 async def _wrong_type(request: Request, exc: Exception) -> Response:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -27,8 +28,10 @@ from wal.spool import Spool, _rollback
 from wal.types import DeadLetter, SpoolFull
 
 RETRY_CHUNK = 500  # dead letters per retry transaction: bounds memory and lock time
-_RECORD_DECODERS = {KIND_SESSIONS: msgspec.json.Decoder(Session), KIND_TASKS: msgspec.json.Decoder(Task)}
-_BATCH_DECODERS = {KIND_SESSIONS: msgspec.json.Decoder(SessionBatch), KIND_TASKS: msgspec.json.Decoder(TaskBatch)}
+_RECORD_DECODERS: dict[int, msgspec.json.Decoder[Any]] = {
+    KIND_SESSIONS: msgspec.json.Decoder(Session), KIND_TASKS: msgspec.json.Decoder(Task)}
+_BATCH_DECODERS: dict[int, msgspec.json.Decoder[Any]] = {
+    KIND_SESSIONS: msgspec.json.Decoder(SessionBatch), KIND_TASKS: msgspec.json.Decoder(TaskBatch)}
 
 
 class Skipped(Struct, frozen=True):

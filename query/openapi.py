@@ -1,0 +1,230 @@
+"""GET /openapi.json: every endpoint of API.md as an OpenAPI 3.1 document.
+
+Paths, methods and query parameters are described here; every request and
+answer schema is generated from the msgspec types that the service decodes
+with (core.records) or answers with (query.openapi_types, query.views), by
+msgspec.json.schema_components, so the document cannot drift from the code's
+types. Errors share one schema, ErrorBody: API.md's error shape."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from core import VERSION
+from core.records import Cleanup, SessionBatch, TaskBatch
+from core.settings import Settings
+from query import openapi_types as t
+from query.management import StatusChange
+from query.views import SESSION_STATUSES, TASK_STATUSES, SessionDetail, TaskView
+
+API = "/api/v1/translation"
+SYSTEM = "/api/v1/system"
+REF = "#/components/schemas/{name}"
+TEXT = "text/plain"
+HTML = "text/html"
+JSON_OBJECT = "object"  # an answer whose schema is any JSON object (the OpenAPI document itself)
+_PATH_PARAM = re.compile(r"{(\w+)}")
+_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64}
+
+Answer = type[Struct] | str  # a Struct, or a media type for a body that is not JSON
+
+
+class Param(Struct, frozen=True):
+    name: str
+    schema: dict[str, Any]
+    description: str = ""
+
+
+class Op(Struct, frozen=True):
+    method: str
+    path: str
+    op_id: str
+    tag: str
+    summary: str
+    answers: dict[int, Answer]
+    body: type[Struct] | None = None
+    params: tuple[Param, ...] = ()
+    errors: tuple[int, ...] = ()
+    is_body_optional: bool = False
+
+
+def _enum(values: tuple[str, ...], description: str) -> dict[str, Any]:
+    return {"type": "string", "enum": list(values), "description": description}
+
+
+PAGE = Param("page", {"type": "integer", "minimum": 1, "maximum": 10_000_000, "default": 1})
+PAGE_SIZE = Param("page_size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20})
+CURSOR = Param("cursor", {"type": "string"}, "opaque; the next_cursor of the previous page (same filters)")
+FROM_DATE = Param("from_date", {"type": "string"}, "created_at >= this (ISO 8601 date or datetime)")
+TO_DATE = Param("to_date", {"type": "string"}, "created_at before this; a date alone includes that day")
+SESSION_STATUS = Param("status", _enum(SESSION_STATUSES, "only sessions in this status"))
+TASK_STATUS = Param("status", _enum(TASK_STATUSES, "only tasks in this status"))
+LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
+AFTER_ID = Param("after_id", {"type": "integer", "minimum": 0, "default": 0},
+                 "continue after this dead-letter id (next_after_id of the previous page)")
+
+WRITE_ERRORS = (400, 413, 422, 429, 503)
+READ_ERRORS = (422, 503)
+COMMAND_ERRORS = (400, 413, 422, 503)
+
+OPERATIONS: tuple[Op, ...] = (
+    Op("post", f"{API}/sessions/batch", "postSessions", "writes", "Accept a batch of sessions (upserts)",
+       {202: t.Accepted}, SessionBatch, errors=WRITE_ERRORS),
+    Op("post", f"{API}/tasks/batch", "postTasks", "writes", "Accept a batch of tasks (upserts)",
+       {202: t.Accepted}, TaskBatch, errors=WRITE_ERRORS),
+    Op("post", f"{API}/flush", "flush", "writes", "Wait until everything acknowledged is in the database",
+       {200: t.FlushResult, 503: t.FlushResult}),
+    Op("get", f"{API}/sessions", "listSessions", "reads", "List sessions",
+       {200: t.SessionList}, params=(SESSION_STATUS, FROM_DATE, TO_DATE, PAGE, PAGE_SIZE,
+                                     Param("sort_by", _enum(("created_at", "updated_at"), "default created_at")),
+                                     Param("order", _enum(("asc", "desc"), "default desc")), CURSOR),
+       errors=READ_ERRORS),
+    Op("get", f"{API}/sessions/{{session_id}}", "getSession", "reads", "One session with derived fields",
+       {200: SessionDetail}, errors=(404, 503)),
+    Op("get", f"{API}/sessions/{{session_id}}/tasks", "listSessionTasks", "reads",
+       "A session's tasks by sheet_name, row_index, column_name",
+       {200: t.SessionTaskList},
+       params=(TASK_STATUS, Param("sheet_name", {"type": "string", "maxLength": 255}), PAGE, PAGE_SIZE, CURSOR),
+       errors=(404,) + READ_ERRORS),
+    Op("get", f"{API}/tasks/{{task_id}}", "getTask", "reads", "One task", {200: TaskView}, errors=(404, 503)),
+    Op("get", f"{API}/tasks", "listTasks", "reads", "List tasks, newest first", {200: t.TaskList},
+       params=(Param("session_id", {"type": "string", "maxLength": 36}), TASK_STATUS, FROM_DATE, TO_DATE,
+               PAGE, PAGE_SIZE, CURSOR), errors=READ_ERRORS),
+    Op("get", f"{API}/recovery/incomplete-sessions", "incompleteSessions", "recovery",
+       "Sessions pending or processing, newest first", {200: t.IncompleteSessions}, errors=(503,)),
+    Op("post", f"{API}/recovery/restore/{{session_id}}", "restoreSession", "recovery",
+       "A session and its open tasks (streamed)", {200: t.Restored}, errors=(404, 503)),
+    Op("get", f"{API}/recovery/status", "recoveryStatus", "recovery", "What recovery would find now",
+       {200: t.RecoveryStatus}, errors=(503,)),
+    Op("delete", f"{API}/sessions/{{session_id}}", "deleteSession", "management",
+       "Delete a session and its tasks, ordered after every acknowledged write",
+       {200: t.Deleted, 202: t.Queued}, errors=(404, 503)),
+    Op("patch", f"{API}/sessions/{{session_id}}/status", "setSessionStatus", "management",
+       "Change only a session's status", {200: t.StatusUpdated, 202: t.Queued}, StatusChange,
+       errors=(404,) + COMMAND_ERRORS),
+    Op("post", f"{API}/sessions/cleanup", "cleanupSessions", "management",
+       "Delete old completed and failed sessions with their tasks", {200: t.CleanupResult, 202: t.Queued},
+       Cleanup, errors=COMMAND_ERRORS, is_body_optional=True),
+    Op("get", f"{API}/stats", "stats", "management", "Counts, performance and storage", {200: t.Stats},
+       errors=(503,)),
+    Op("get", "/health", "health", "system", "Can the service accept writes (503 when it cannot)",
+       {200: t.Health, 503: t.Health}),
+    Op("get", "/metrics", "metrics", "system", "Prometheus metrics of every process", {200: TEXT}),
+    Op("get", f"{SYSTEM}/metrics", "systemMetrics", "system", "The same as /metrics", {200: TEXT}),
+    Op("get", f"{SYSTEM}/config", "config", "system", "The effective configuration, secrets replaced by ***",
+       {200: Settings}),
+    Op("get", f"{SYSTEM}/dead-letters", "listDeadLetters", "system", "Records the database refused for good",
+       {200: t.DeadLetterPage}, params=(LIMIT, AFTER_ID), errors=(422, 503)),
+    Op("post", f"{SYSTEM}/dead-letters/retry", "retryDeadLetters", "system",
+       "Put dead letters back in the spool (in order; each keeps its version)", {200: t.RetryResult},
+       t.DeadLetterSelection, errors=COMMAND_ERRORS),
+    Op("post", f"{SYSTEM}/dead-letters/purge", "purgeDeadLetters", "system", "Delete dead letters",
+       {200: t.PurgeResult}, t.DeadLetterSelection, errors=COMMAND_ERRORS),
+    Op("delete", f"{SYSTEM}/dead-letters", "deleteDeadLetters", "system", "Delete dead letters (as /purge)",
+       {200: t.PurgeResult}, t.DeadLetterSelection, errors=COMMAND_ERRORS),
+    Op("get", "/openapi.json", "openapi", "system", "This document", {200: JSON_OBJECT}),
+    Op("get", "/docs", "docs", "system", "A page that renders this document", {200: HTML}),
+)
+
+_ERRORS = {
+    400: "The body is not JSON, or has the wrong content type",
+    401: "No valid API key (only when auth.keys are configured)",
+    403: "The API key lacks the scope this path needs",
+    404: "Unknown id or path",
+    413: "The body is larger than allowed",
+    422: "The request breaks the rules: every bad field is listed in errors",
+    429: "Too many requests (spool full, or the API key's rate limit): retry after Retry-After; nothing was accepted",
+    500: "A bug; logged with the request_id the body carries",
+    503: "Not available now (spool full, database unreachable, shutting down): retry after Retry-After",
+}
+# Paths that never ask for an API key (core/auth.py's OPEN_PATHS).
+_OPEN_PATHS = ("/health",)
+_SECURITY = {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+             "bearer": {"type": "http", "scheme": "bearer"}}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    types = _types(OPERATIONS)
+    refs, schemas = msgspec.json.schema_components(types, ref_template=REF)
+    ref_of = dict(zip(types, refs, strict=True))
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op, ref_of)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "persistence-service", "version": VERSION,
+                 "description": "Durable write-behind persistence for translation sessions and tasks. "
+                                "One base URL (port 8001) answers every path."},
+        "paths": paths,
+        # A key is needed only when the service has auth.keys configured: {} makes it optional.
+        "security": [{}, {"apiKey": []}, {"bearer": []}],
+        "components": {"schemas": schemas, "responses": _error_responses(), "securitySchemes": _SECURITY},
+    }
+
+
+def _types(ops: tuple[Op, ...]) -> list[type[Struct]]:
+    found: list[type[Struct]] = [t.ErrorBody]
+    for op in ops:
+        for kind in (op.body, *op.answers.values()):
+            if isinstance(kind, type) and kind not in found:
+                found.append(kind)
+    return found
+
+
+def _operation(op: Op, ref_of: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    doc: dict[str, Any] = {"operationId": op.op_id, "tags": [op.tag], "summary": op.summary}
+    params = [_path_param(name) for name in _PATH_PARAM.findall(op.path)] + [_query_param(p) for p in op.params]
+    if params:
+        doc["parameters"] = params
+    if op.body is not None:
+        doc["requestBody"] = {"required": not op.is_body_optional,
+                              "content": {"application/json": {"schema": ref_of[op.body]}}}
+    responses = {str(status): _answer(status, kind, ref_of) for status, kind in op.answers.items()}
+    auth = () if op.path in _OPEN_PATHS else (401, 403, 429)
+    for status in (*op.errors, *auth, 500):
+        responses.setdefault(str(status), {"$ref": f"#/components/responses/Error{status}"})
+    doc["responses"] = responses
+    return doc
+
+
+def _answer(status: int, kind: Answer, ref_of: dict[type, dict[str, Any]]) -> dict[str, Any]:
+    description = "OK" if status < 300 else _ERRORS.get(status, "Error")
+    if kind == JSON_OBJECT:
+        content = {"application/json": {"schema": {"type": "object"}}}
+    elif isinstance(kind, str):
+        content = {kind: {"schema": {"type": "string"}}}
+    else:
+        content = {"application/json": {"schema": ref_of[kind]}}
+    answer: dict[str, Any] = {"description": description if status != 202 else "Accepted", "content": content}
+    if status == 503:
+        answer["headers"] = _RETRY_AFTER
+    return answer
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "minLength": 1}
+    if name in _PATH_PARAM_LENGTH:
+        schema["maxLength"] = _PATH_PARAM_LENGTH[name]
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+def _query_param(param: Param) -> dict[str, Any]:
+    doc = {"name": param.name, "in": "query", "required": False, "schema": param.schema}
+    if param.description:
+        doc["description"] = param.description
+    return doc
+
+
+def _error_responses() -> dict[str, Any]:
+    body = {"application/json": {"schema": {"$ref": REF.format(name="ErrorBody")}}}
+    out: dict[str, Any] = {}
+    for status, description in _ERRORS.items():
+        out[f"Error{status}"] = {"description": description, "content": body}
+        if status in (429, 503):
+            out[f"Error{status}"]["headers"] = _RETRY_AFTER
+    return out

@@ -1,0 +1,228 @@
+"""Answer types of API.md as msgspec Structs, so /openapi.json's schemas are
+generated from types (msgspec.json.schema_components) rather than written by
+hand. The system routes (query/system.py) encode their answers with these
+very Structs; the other routes' answers are built elsewhere (query/views.py,
+flusher/commands.py, wal/health.py) and the tests hold them to these shapes."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from msgspec import Raw, Struct, field
+
+from query.views import SessionDetail, SessionSummary, TaskView
+
+
+class FieldProblem(Struct):
+    field: str
+    message: str
+
+
+class ErrorBody(Struct):
+    """Every error answer. Some carry more keys: session_id, task_id, request_id (500)."""
+    detail: str
+    error_code: str
+    errors: list[FieldProblem] = []
+
+
+# -- writes -------------------------------------------------------------------
+
+class Accepted(Struct):
+    status: Literal["accepted"]
+    count: int
+    timestamp: str
+
+
+class FlushResult(Struct):
+    """200 with status flushed; 503 with status error, detail and error_code."""
+    status: Literal["flushed", "error"]
+    sessions_written: int
+    tasks_written: int
+    duration_ms: float
+    detail: str | None = None
+    error_code: str | None = None
+
+
+# -- reads --------------------------------------------------------------------
+
+class SessionList(Struct):
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+    items: list[SessionSummary]
+    next_cursor: str | None
+
+
+class TaskList(Struct):
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+    items: list[TaskView]
+    next_cursor: str | None
+
+
+class SessionTaskList(Struct):
+    session_id: str
+    total: int
+    page: int
+    page_size: int
+    total_pages: int
+    items: list[TaskView]
+    next_cursor: str | None
+
+
+class IncompleteSessions(Struct):
+    count: int
+    sessions: list[SessionSummary]
+
+
+class Restored(Struct):
+    session_id: str
+    session: SessionDetail
+    tasks: list[TaskView]
+    tasks_count: int
+    restored_at: str
+
+
+class RecoveryStatus(Struct):
+    incomplete_sessions: int
+    sessions_by_status: dict[str, int]
+    open_tasks: int
+    tasks_by_status: dict[str, int]
+    checked_at: str
+
+
+# -- management ---------------------------------------------------------------
+
+class Deleted(Struct):
+    status: Literal["deleted"]
+    session_id: str
+    deleted_tasks: int
+
+
+class StatusUpdated(Struct):
+    status: Literal["updated"]
+    session_id: str
+    new_status: str
+
+
+class CleanupResult(Struct):
+    status: Literal["completed"]
+    deleted_sessions: int
+    deleted_tasks: int
+    dry_run: bool
+
+
+class Queued(Struct):
+    """202: the command is in the spool; the database did not answer within flush_timeout."""
+    status: Literal["queued"]
+    session_id: str | None
+    detail: str
+
+
+class SessionCounts(Struct):
+    total: int
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class TaskCounts(Struct):
+    total: int
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+
+
+class Performance(Struct):
+    average_session_time: float
+    average_task_time: float
+    success_rate: float
+
+
+class Storage(Struct):
+    database_size_mb: float
+    sessions_table_rows: int
+    tasks_table_rows: int
+
+
+class Stats(Struct):
+    sessions: SessionCounts
+    tasks: TaskCounts
+    performance: Performance
+    storage: Storage
+
+
+# -- system -------------------------------------------------------------------
+
+class Buffer(Struct):
+    sessions_count: int
+    tasks_count: int
+    total_count: int
+    capacity: int
+    bytes: int
+    usage_percent: float
+    last_flush: str | None
+    oldest_age_seconds: float
+    held_orphans: int
+    dead_letters: int
+
+
+class FlusherState(Struct):
+    alive: bool
+    sink_error: str | None
+
+
+class Health(Struct):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    database: Literal["healthy", "unhealthy"]
+    buffer: Buffer
+    flusher: FlusherState
+    uptime_seconds: float
+    version: str
+
+
+class DeadLetterView(Struct):
+    id: int
+    kind: str  # session | task | unknown:<n>
+    record_key: str  # empty when a whole entry was dead-lettered
+    seq: int  # the spool entry it came from (0 for an expired orphan)
+    received_at: str
+    failed_at: str
+    error: str  # the database's own text
+    payload: Raw  # the record as JSON (a JSON string when the bytes were not JSON)
+
+
+class DeadLetterPage(Struct):
+    total: int
+    items: list[DeadLetterView]
+    next_after_id: int | None  # pass as after_id for the next page; null on the last one
+
+
+class DeadLetterSelection(Struct, forbid_unknown_fields=True):
+    """Which dead letters: `{"ids": [1, 2]}` or `{"all": true}`."""
+    ids: list[int] = []
+    is_all: bool = field(default=False, name="all")
+
+
+class SkippedLetter(Struct):
+    id: int
+    reason: str
+
+
+class RetryResult(Struct):
+    status: Literal["retried"]
+    retried: int
+    retried_ids: list[int]
+    skipped: list[SkippedLetter]
+    not_found: list[int]
+
+
+class PurgeResult(Struct):
+    status: Literal["purged"]
+    purged: int

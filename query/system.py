@@ -1,0 +1,174 @@
+"""System routes of the query process (port 8001 gets them through its proxy):
+the effective configuration with secrets redacted, the dead letters (list,
+retry, purge), the OpenAPI document and the human page that renders it.
+
+Dead-letter operations open their own Spool in a worker thread, as
+query/management.py does: a retry takes the spool's write lock and must not
+hold up the event loop or share the connection /health reads with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import resources
+from typing import TypeVar
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from core.http import error_response, json_response
+from core.records import JSON_ENCODER, KIND_SESSIONS, KIND_TASKS
+from core.redact import redact
+from core.settings import Settings, SpoolSettings
+from core.times import iso_z
+from query.openapi import openapi_document
+from query.openapi_types import (
+    DeadLetterPage,
+    DeadLetterSelection,
+    DeadLetterView,
+    PurgeResult,
+    RetryResult,
+    SkippedLetter,
+)
+from query.params import FieldError, InvalidParams
+from wal import Spool, dead_letters
+from wal.types import DeadLetter
+
+T = TypeVar("T")
+SYSTEM = "/api/v1/system"
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+MAX_BODY_BYTES = 1024 * 1024  # a selection of ids; 100k ids fit
+_KIND_NAMES = {KIND_SESSIONS: "session", KIND_TASKS: "task"}
+_SELECTION = msgspec.json.Decoder(DeadLetterSelection)
+_CHOOSE = 'send either {"ids": [...]} with at least one id, or {"all": true}'
+
+
+def config_body(settings: Settings) -> dict:
+    """The effective configuration, every section, secrets replaced by '***'."""
+    return redact(msgspec.to_builtins(settings))
+
+
+def letter_view(dead: DeadLetter) -> DeadLetterView:
+    return DeadLetterView(
+        id=dead.id, kind=_KIND_NAMES.get(dead.kind, f"unknown:{dead.kind}"), record_key=dead.record_key,
+        seq=dead.seq, received_at=iso_z(dead.received_at_us), failed_at=iso_z(dead.failed_at_us),
+        error=dead.error, payload=_json_or_text(dead.payload))
+
+
+def _json_or_text(payload: bytes) -> msgspec.Raw:
+    try:
+        msgspec.json.decode(payload)
+        return msgspec.Raw(payload)
+    except msgspec.DecodeError:  # an entry dead-lettered because it was not JSON: show its text
+        return msgspec.Raw(JSON_ENCODER.encode(payload.decode("utf-8", "replace")))
+
+
+def list_page(spool: Spool, limit: int, after_id: int) -> DeadLetterPage:
+    letters = dead_letters.page(spool, limit + 1, after_id)
+    shown = letters[:limit]
+    next_after = shown[-1].id if len(letters) > limit else None
+    return DeadLetterPage(dead_letters.count(spool), [letter_view(d) for d in shown], next_after)
+
+
+def retry_result(report: dead_letters.RetryReport) -> RetryResult:
+    return RetryResult("retried", len(report.retried), report.retried,
+                       [SkippedLetter(s.id, s.reason) for s in report.skipped], report.not_found)
+
+
+def _with_spool(settings: SpoolSettings, work: Callable[[Spool], T]) -> T:
+    spool = Spool.open(settings)
+    try:
+        return work(spool)
+    finally:
+        spool.close()
+
+
+def _paging(params: QueryParams) -> tuple[int, int]:
+    errors: list[FieldError] = []
+    limit = _integer(params, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT, errors)
+    after_id = _integer(params, "after_id", 0, 0, 2**63 - 1, errors)
+    if errors:
+        raise InvalidParams(errors)
+    return limit, after_id
+
+
+def _integer(params: QueryParams, name: str, default: int, low: int, high: int, errors: list[FieldError]) -> int:
+    text = params.get(name) or ""
+    if not text:
+        return default
+    if not text.strip().isdigit() or not low <= int(text) <= high:
+        errors.append(FieldError(name, f"must be an integer from {low} to {high}"))
+        return default
+    return int(text)
+
+
+async def _selection(request: Request) -> DeadLetterSelection | Response:
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes", "PAYLOAD_TOO_LARGE")
+    if not body.strip():
+        return _invalid_selection(_CHOOSE)
+    try:
+        selection = _SELECTION.decode(body)
+    except msgspec.ValidationError as exc:
+        return _invalid_selection(str(exc).split(" - at ")[0])
+    except msgspec.DecodeError as exc:
+        return error_response(400, f"the body is not valid JSON: {exc}", "INVALID_JSON")
+    if selection.is_all == bool(selection.ids):
+        return _invalid_selection(_CHOOSE)
+    return selection
+
+
+def _invalid_selection(message: str) -> Response:
+    return error_response(422, "The request was not accepted: fix the fields listed in errors.",
+                          "VALIDATION_ERROR", [{"field": "body", "message": message}])
+
+
+def system_routes(settings: Settings) -> list[Route]:
+    config = JSON_ENCODER.encode(config_body(settings))
+    document = JSON_ENCODER.encode(openapi_document())
+    docs_page = resources.files("query").joinpath("docs.html").read_bytes()
+
+    async def get_config(request: Request) -> Response:
+        return Response(config, media_type="application/json")
+
+    async def list_letters(request: Request) -> Response:
+        limit, after_id = _paging(request.query_params)
+        page = await run_in_threadpool(_with_spool, settings.spool, lambda s: list_page(s, limit, after_id))
+        return json_response(page)
+
+    async def retry(request: Request) -> Response:
+        selection = await _selection(request)
+        if isinstance(selection, Response):
+            return selection
+        ids = None if selection.is_all else selection.ids
+        report = await run_in_threadpool(_with_spool, settings.spool, lambda s: dead_letters.retry(s, ids))
+        return json_response(retry_result(report))
+
+    async def purge(request: Request) -> Response:
+        selection = await _selection(request)
+        if isinstance(selection, Response):
+            return selection
+        ids = None if selection.is_all else selection.ids
+        purged = await run_in_threadpool(_with_spool, settings.spool, lambda s: dead_letters.purge(s, ids))
+        return json_response(PurgeResult("purged", purged))
+
+    async def openapi(request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    async def docs(request: Request) -> Response:
+        return HTMLResponse(docs_page)
+
+    return [
+        Route(f"{SYSTEM}/config", get_config, methods=["GET"]),
+        Route(f"{SYSTEM}/dead-letters", list_letters, methods=["GET"]),
+        Route(f"{SYSTEM}/dead-letters", purge, methods=["DELETE"]),
+        Route(f"{SYSTEM}/dead-letters/retry", retry, methods=["POST"]),
+        Route(f"{SYSTEM}/dead-letters/purge", purge, methods=["POST"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/docs", docs, methods=["GET"]),
+    ]
