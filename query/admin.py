@@ -1,5 +1,5 @@
-"""Operator commands: `persistence-service dead-letters list|retry|purge` and
-`persistence-service status`. core/cli.py runs this module as
+"""Operator commands: `persistence-service dead-letters list|retry|purge`,
+`persistence-service spool check|salvage` and `persistence-service status`. core/cli.py runs this module as
 `python -m query.admin ...` (core imports nothing of query), with PS_CONFIG
 naming the config file.
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from core.records import JSON_ENCODER
 from core.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from query import status_view
 from query.system import DEFAULT_LIMIT, MAX_LIMIT, list_page, retry_result
-from wal import Spool, SpoolError, dead_letters
+from wal import Spool, SpoolError, dead_letters, salvage
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         chosen = action.add_mutually_exclusive_group(required=True)
         chosen.add_argument("--ids", type=int, nargs="+", metavar="ID")
         chosen.add_argument("--all", action="store_true")
+    spool = commands.add_parser("spool", help="check the spool file, or salvage a damaged one")
+    spool_actions = spool.add_subparsers(dest="action", required=True)
+    spool_actions.add_parser("check", help="what the service checks before it starts; exit 1 if damaged")
+    salvage_cmd = spool_actions.add_parser("salvage", help="copy every intact entry into a new spool file")
+    salvage_cmd.add_argument("--output", help="the new file (default: <spool>.salvaged-<time>)")
     status = commands.add_parser("status", help="a terminal view of a running service")
     status.add_argument("--url", help="base URL (default: http://<ingest.host>:<ingest.port> of the config)")
     status.add_argument("--watch", action="store_true", help=f"refresh every {status_view.REFRESH_S:g} s until Ctrl-C")
@@ -63,7 +69,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.watch:
             return status_view.watch(url, args.api_key)
         return status_view.show_once(url, args.api_key)
+    if args.command == "spool":
+        return spool_command(args, settings)
     return dead_letters_command(args, settings)
+
+
+def spool_command(args: argparse.Namespace, settings: Settings) -> int:
+    path = settings.spool.path
+    if args.action == "check":
+        report = salvage.check(path)
+        if not report.is_ok:
+            print(salvage.damaged_message(report), file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{path}: ok, {report.entries} entries, {report.records} records waiting")
+        return 0
+    output = args.output or f"{path}.salvaged-{time.strftime('%Y%m%dT%H%M%S')}"
+    try:
+        result = salvage.salvage(path, output)
+    except FileExistsError as exc:
+        print(f"persistence-service: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"salvaged {result.entries_copied} entries into {result.output}")
+    if result.entries_lost:
+        print(f"lost {len(result.entries_lost)} unreadable entries (seq {', '.join(map(str, result.entries_lost[:20]))}"
+              f"{' …' if len(result.entries_lost) > 20 else ''})")
+    print(f"next: stop the service, move {path} aside (with its -wal and -shm files), move {result.output} to "
+          f"{path}, start the service")
+    return EXIT_FAILED if result.entries_lost else 0
 
 
 def default_url(settings: Settings) -> str:
