@@ -85,6 +85,7 @@ class Flusher:
         with metrics.FLUSH_DURATION.time():
             report = self._drainer.drain_once(entries, held)
         _count(report)
+        self._spool.checkpoint()
         self._set_health(True, "")
         return True
 
@@ -106,6 +107,7 @@ class Flusher:
             self._set_health(self._ping_sink(), self._sink_error)
         if now - self._last_beat >= BEAT_EVERY_S:
             self._beat()
+            self._spool.checkpoint(truncate=not self._spool.waiting().oldest_received_us)
         if self._retention and self._retention.interval and now - self._last_retention >= self._retention.interval:
             self._last_retention = now
             self._schedule_retention()

@@ -90,7 +90,7 @@ def retry(spool: Spool, ids: Sequence[int] | None = None) -> RetryReport:
 def _retry_chunk(spool: Spool, report: RetryReport, where: str, params: list[int]) -> list[int]:
     """One transaction; the ids of the dead letters it found, in order."""
     conn = _conn(spool)
-    conn.execute("BEGIN IMMEDIATE")
+    spool.begin_write()
     try:
         chunk = [DeadLetter(*row) for row in conn.execute(
             "SELECT seq, kind, record_key, received_at_us, error, payload, failed_at_us, id"

@@ -59,8 +59,13 @@ CREATE TABLE dead_letters (
 """
 
 
-def apply_pragmas(conn: sqlite3.Connection, sync: str, busy_timeout_s: float) -> None:
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+# The flusher checkpoints after each trim (Spool.checkpoint); a commit checkpoints by
+# itself only if the WAL passes this many pages (~400 MB): a safety net for
+# when the flusher is not running, off the request path otherwise.
+WAL_AUTOCHECKPOINT_PAGES = 100_000
+
+
+def apply_pragmas(conn: sqlite3.Connection, sync: str) -> None:
     # WAL lets the flusher read while ingest workers append (litequeue does the same).
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if mode.lower() != "wal":
@@ -70,6 +75,7 @@ def apply_pragmas(conn: sqlite3.Connection, sync: str, busy_timeout_s: float) ->
     conn.execute(f"PRAGMA synchronous = {sync.upper()}")
     # Bound the WAL file after checkpoints so a burst does not leave it huge.
     conn.execute("PRAGMA journal_size_limit = 67108864")
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
