@@ -22,10 +22,10 @@ def _escape(match: re.Match[str]) -> str:
 
 def literal(value: object) -> str:
     """One SQL literal. Rows hold only None, str, int and float."""
+    if value.__class__ is str:
+        return "'" + (_SUB(_escape, value) if _SEARCH(value) else value) + "'"  # type: ignore[arg-type]
     if value is None:
         return "NULL"
-    if isinstance(value, str):
-        return "'" + (_SPECIAL.sub(_escape, value) if _SPECIAL.search(value) else value) + "'"
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, int):
@@ -35,18 +35,25 @@ def literal(value: object) -> str:
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
+_SEARCH = _SPECIAL.search
+_SUB = _SPECIAL.sub
+# A character is at most 4 bytes in UTF-8: a statement of n characters fits in 4n bytes.
+_MAX_BYTES_PER_CHAR = 4
+
+
 def statements(prefix: str, rows: Sequence[tuple], suffix: str, max_bytes: int) -> Iterator[bytes]:
     """`prefix (row),(row)... suffix` statements of at most max_bytes each
-    (a single row larger than that still goes alone)."""
-    head, tail = prefix.encode(), suffix.encode()
-    parts: list[bytes] = []
-    size = len(head) + len(tail)
+    (a single row larger than that still goes alone). Each statement is
+    joined and encoded once: per-row encoding was a tenth of the flusher's CPU."""
+    budget = max_bytes // _MAX_BYTES_PER_CHAR - len(prefix) - len(suffix)
+    parts: list[str] = []
+    size = 0
     for row in rows:
-        encoded = ("(" + ",".join(map(literal, row)) + ")").encode("utf-8")
-        if parts and size + len(encoded) + 1 > max_bytes:
-            yield head + b",".join(parts) + tail
-            parts, size = [], len(head) + len(tail)
-        parts.append(encoded)
-        size += len(encoded) + 1
+        text = "(" + ",".join([literal(v) for v in row]) + ")"
+        if parts and size + len(text) + 1 > budget:
+            yield (prefix + ",".join(parts) + suffix).encode("utf-8")
+            parts, size = [], 0
+        parts.append(text)
+        size += len(text) + 1
     if parts:
-        yield head + b",".join(parts) + tail
+        yield (prefix + ",".join(parts) + suffix).encode("utf-8")
