@@ -46,6 +46,11 @@ class IngestSettings(Struct, frozen=True, forbid_unknown_fields=True):
 class QuerySettings(Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 8002
+    workers: Annotated[int, Meta(ge=0, le=256)] = 0
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
 
 
 class SpoolSettings(Struct, frozen=True, forbid_unknown_fields=True):

@@ -45,7 +45,8 @@ def role_command(role: str, settings: Settings) -> list[str]:
         return _granian("ingest.app:create_app", settings.ingest.host, settings.ingest.port,
                         settings.ingest.worker_count)
     if role == "query":
-        return _granian("query.app:create_app", settings.query.host, settings.query.port, 1)
+        return _granian("query.app:create_app", settings.query.host, settings.query.port,
+                        settings.query.worker_count)
     raise ValueError(f"unknown role {role!r}")
 
 
