@@ -11,6 +11,7 @@ import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
@@ -32,8 +33,26 @@ def error_response(status: int, detail: str, error_code: str, errors: list | Non
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     detail = exc.detail if exc.status_code != 404 else f"No route for {request.url.path}"
-    return error_response(exc.status_code, detail, _CODES.get(exc.status_code, "HTTP_ERROR"),
-                          headers=dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return error_response(exc.status_code, detail, _CODES.get(exc.status_code, "HTTP_ERROR"), headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of the resource: Starlette names only those of the first
+    route that matched the path, and one resource may span several routes
+    (GET and DELETE /sessions/{id}). A static path (/sessions/cleanup) is the
+    resource over a template that also matches it."""
+    matching: dict[str, set[str]] = {}
+    for route in getattr(request.scope.get("app"), "routes", []):
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE and getattr(route, "methods", None):
+            matching.setdefault(route.path, set()).update(route.methods)
+    if not matching:
+        return ""
+    template = min(matching, key=lambda path: ("{" in path, -len(path)))
+    return ", ".join(sorted(matching[template]))
 
 
 async def internal_error(request: Request, exc: Exception) -> Response:

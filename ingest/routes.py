@@ -82,6 +82,7 @@ async def flush(request: Request) -> Response:
     body["detail"] = (f"Not everything reached the database within {request.state.flush_timeout} s "
                       f"({reason}); nothing is lost, it is written when the database is back.")
     body["error_code"] = "FLUSH_TIMEOUT"
+    body["errors"] = []
     return json_response(body, 503, {"Retry-After": "5"})
 
 

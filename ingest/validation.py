@@ -41,7 +41,11 @@ def validate_batch(kind: int, body: bytes) -> int:
     try:
         batch = decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise BatchInvalid(_collect_errors(kind, body, exc)) from None
+        try:
+            errors = _collect_errors(kind, body, exc)
+        except msgspec.DecodeError as not_json:  # e.g. valid JSON followed by garbage
+            raise BodyNotJson(f"the body is not valid JSON: {not_json}") from None
+        raise BatchInvalid(errors) from None
     except msgspec.DecodeError as exc:
         raise BodyNotJson(f"the body is not valid JSON: {exc}") from None
     return len(batch.sessions if kind == KIND_SESSIONS else batch.tasks)

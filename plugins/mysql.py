@@ -54,7 +54,8 @@ def _tables(collation: str) -> list[str]:
             updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
             KEY idx_sessions_status_created (status, created_at),
             KEY idx_sessions_created (created_at),
-            KEY idx_sessions_updated (updated_at)
+            KEY idx_sessions_updated (updated_at),
+            KEY idx_read_sessions_status_updated (status, updated_at)
         ) {tail}""",
         f"""CREATE TABLE IF NOT EXISTS translation_tasks (
             task_id VARCHAR(64) NOT NULL PRIMARY KEY,
@@ -77,7 +78,9 @@ def _tables(collation: str) -> list[str]:
             updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
             KEY idx_tasks_session_order (session_id, sheet_name, row_index, column_name),
             KEY idx_tasks_session_status (session_id, status),
-            KEY idx_tasks_status_created (status, created_at)
+            KEY idx_tasks_status_created (status, created_at),
+            KEY idx_read_tasks_created (created_at),
+            KEY idx_read_tasks_session_created (session_id, created_at)
         ) {tail}""",
     ]
 

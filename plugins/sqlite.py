@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS translation_tasks (
 CREATE INDEX IF NOT EXISTS idx_tasks_session_order ON translation_tasks (session_id, sheet_name, row_index, column_name);
 CREATE INDEX IF NOT EXISTS idx_tasks_session_status ON translation_tasks (session_id, status);
 CREATE INDEX IF NOT EXISTS idx_tasks_status_created ON translation_tasks (status, created_at);
+CREATE INDEX IF NOT EXISTS idx_read_sessions_status_updated ON translation_sessions (status, updated_at);
+CREATE INDEX IF NOT EXISTS idx_read_tasks_created ON translation_tasks (created_at, task_id);
+CREATE INDEX IF NOT EXISTS idx_read_tasks_session_created ON translation_tasks (session_id, created_at, task_id);
 """
 
 

@@ -64,7 +64,7 @@ TO_DATE = Param("to_date", {"type": "string"}, "created_at before this; a date a
 SESSION_STATUS = Param("status", _enum(SESSION_STATUSES, "only sessions in this status"))
 TASK_STATUS = Param("status", _enum(TASK_STATUSES, "only tasks in this status"))
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
-AFTER_ID = Param("after_id", {"type": "integer", "minimum": 0, "default": 0},
+AFTER_ID = Param("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0},
                  "continue after this dead-letter id (next_after_id of the previous page)")
 
 WRITE_ERRORS = (400, 413, 422, 429, 503)

@@ -6,9 +6,9 @@ flusher/commands.py, wal/health.py) and the tests hold them to these shapes."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from msgspec import Raw, Struct, field
+from msgspec import Meta, Raw, Struct, field
 
 from query.views import SessionDetail, SessionSummary, TaskView
 
@@ -41,6 +41,7 @@ class FlushResult(Struct):
     duration_ms: float
     detail: str | None = None
     error_code: str | None = None
+    errors: list[FieldProblem] | None = None
 
 
 # -- reads --------------------------------------------------------------------
@@ -206,7 +207,7 @@ class DeadLetterPage(Struct):
 
 class DeadLetterSelection(Struct, forbid_unknown_fields=True):
     """Which dead letters: `{"ids": [1, 2]}` or `{"all": true}`."""
-    ids: list[int] = []
+    ids: list[Annotated[int, Meta(ge=1, le=2**63 - 1)]] = []  # SQLite integers are 64-bit
     is_all: bool = field(default=False, name="all")
 
 

@@ -87,7 +87,11 @@ class _Reader:
         self.errors: list[FieldError] = []
 
     def get(self, name: str) -> str | None:
-        value = self.params.get(name)
+        values = self.params.getlist(name)
+        if len(values) > 1:
+            self.fail(name, "must be given at most once")
+            return None
+        value = values[0] if values else None
         return value if value else None  # an empty parameter means no filter
 
     def fail(self, name: str, message: str) -> None:

@@ -97,6 +97,9 @@ def _paging(params: QueryParams) -> tuple[int, int]:
 
 
 def _integer(params: QueryParams, name: str, default: int, low: int, high: int, errors: list[FieldError]) -> int:
+    if len(params.getlist(name)) > 1:
+        errors.append(FieldError(name, "must be given at most once"))
+        return default
     text = params.get(name) or ""
     if not text:
         return default
