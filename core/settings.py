@@ -47,6 +47,7 @@ class QuerySettings(Struct, frozen=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: Port = 8002
     workers: Annotated[int, Meta(ge=0, le=256)] = 0
+    stats_cache: Annotated[float, Meta(ge=0)] = 5.0
 
     @property
     def worker_count(self) -> int:

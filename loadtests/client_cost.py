@@ -24,7 +24,9 @@ import threading
 import time
 from pathlib import Path
 
-from loadtests.loadgen import TASKS_PATH, RawHttp, sessions_body, split_template, stamp, task_templates
+from loadtests.bodies import TASKS_PATH, sessions_body, split_template, stamp, task_templates
+from loadtests.bench_service import free_port
+from loadtests.loadgen import RawHttp
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,7 +131,6 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    from tests.harness import free_port  # noqa: PLC0415 (run from the repo root)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws", "--host", "127.0.0.1",

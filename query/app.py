@@ -31,6 +31,7 @@ from plugins import SinkError, open_sink
 from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
 from query import routes
 from query.management import management_routes
+from query.stats_cache import StatsCache
 from query.system import system_routes
 from query.params import InvalidParams, errors_body
 from wal import Spool, SpoolError
@@ -46,6 +47,7 @@ class State(TypedDict):
     started_us: int
     reader: Reader
     limiter: CapacityLimiter
+    stats_cache: StatsCache
 
 
 async def health(request: Request) -> Response:
@@ -116,7 +118,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         preparing = asyncio.create_task(_prepare(sink_settings, reader))
         try:
             yield State(spool=spool, started_us=now_us(), reader=reader,
-                        limiter=CapacityLimiter(READ_CONNECTIONS))
+                        limiter=CapacityLimiter(READ_CONNECTIONS), stats_cache=StatsCache(settings.query.stats_cache))
         finally:
             preparing.cancel()
             reader.close()

@@ -157,6 +157,7 @@ class Stats(Struct):
     tasks: TaskCounts
     performance: Performance
     storage: Storage
+    computed_at: str  # when these figures were read (a copy up to query.stats_cache seconds old)
 
 
 # -- system -------------------------------------------------------------------

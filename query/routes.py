@@ -128,7 +128,9 @@ async def recovery_status(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    return json_response(stats_body(await _db(request, request.state.reader.stats)))
+    async def compute() -> dict:
+        return stats_body(await _db(request, request.state.reader.stats))
+    return json_response(await request.state.stats_cache.get(compute))
 
 
 async def restore(request: Request) -> Response:

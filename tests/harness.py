@@ -59,6 +59,8 @@ body_timeout = {body_timeout}
 flush_timeout = {flush_timeout}
 [query]
 port = {query_port}
+workers = {query_workers}
+stats_cache = {stats_cache}
 [spool]
 path = "spool.db"
 sync = "{sync}"
@@ -80,7 +82,8 @@ interval = {retention_interval}
 DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8 * 1024 * 1024,
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
                                 batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0,
-                                body_timeout=30.0, extra_toml="")
+                                body_timeout=30.0, extra_toml="", stats_cache=0.0,
+                                query_workers=0)
 
 
 class Service:

@@ -26,7 +26,7 @@ def test_stats_match_the_tables(api: Api) -> None:
               tasks=[task(f"{sid}-{i}", sid, status=TASK_STATUSES[i % 4], duration_ms=100 * i if i % 2 else None)
                      for i in range(12)])
     body = api.ok("/stats")
-    assert set(body) == {"sessions", "tasks", "performance", "storage"}
+    assert set(body) == {"sessions", "tasks", "performance", "storage", "computed_at"}
     sessions = sink_rows(api.service.sink_url, "translation_sessions", "status, created_at, updated_at")
     tasks = sink_rows(api.service.sink_url, "translation_tasks", "status, duration_ms")
     by_status = Counter(r["status"] for r in sessions)
@@ -48,3 +48,15 @@ def test_stats_match_the_tables(api: Api) -> None:
     assert set(storage) == {"database_size_mb", "sessions_table_rows", "tasks_table_rows"}
     assert (storage["sessions_table_rows"], storage["tasks_table_rows"]) == (len(sessions), len(tasks))
     assert storage["database_size_mb"] > 0
+
+
+def test_stats_are_served_from_a_short_lived_copy(service_factory, tmp_path) -> None:
+    # One query worker: each worker keeps its own copy.
+    svc = service_factory(f"sqlite:///{tmp_path / 'store.db'}", stats_cache=60.0, query_workers=1)
+    direct = f"http://127.0.0.1:{svc.query_port}/api/v1/translation/stats"
+    first = svc.http.get(direct).json()
+    svc.post_sessions([session("s-new")])
+    assert svc.flush().status_code == 200
+    again = svc.http.get(direct).json()
+    assert again == first and again["sessions"]["total"] == 0  # the copy, not yet the new session
+    assert again["computed_at"].endswith("Z")
