@@ -15,9 +15,11 @@ How the pieces fit:
   acknowledged write;
 * after each kill a probe posts one-task batches on fresh connections until
   one answers 202 ("202 again"), then the drill waits until the whole process
-  tree is back as it was: N ingest workers under one granian main, one
-  flusher that has published a heartbeat since the kill, the query server
-  answering /health ("restored");
+  tree is back as it was at start (as many flusher, granian main and worker
+  processes of each server), the flusher has published a heartbeat since the
+  kill when it or the supervisor was the victim, and the query server answers
+  /health ("restored"); "in db" is when everything acknowledged before the
+  fault was in the database (the spool's flushed_seq passed its last seq);
 * when the supervisor is killed its children stop on their own
   (PR_SET_PDEATHSIG) and the drill starts the service again on the same
   folder once every process of the old tree is gone, as systemd would (a

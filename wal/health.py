@@ -38,6 +38,7 @@ def health_report(stats: SpoolStats, started_us: int, version: str) -> tuple[int
             "oldest_age_seconds": round((now - stats.oldest_received_us) / 1e6, 3) if stats.oldest_received_us else 0.0,
             "held_orphans": stats.held_tasks,
             "dead_letters": stats.dead_letters,
+            "disk_free_bytes": stats.disk_free_bytes,
         },
         "flusher": {"alive": flusher_alive, "sink_error": stats.sink_error or None},
         "uptime_seconds": round((now - started_us) / 1e6, 3),

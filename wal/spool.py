@@ -8,6 +8,7 @@ at a time. Every process (and every thread that writes) opens its own.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -24,7 +25,10 @@ logger = logging.getLogger(__name__)
 
 LOCK_POLL_S = 0.003  # SQLite's own wait per try for the write lock (see Spool.begin_write)
 
-RESULTS_KEPT_US = 3_600_000_000  # a command's result is kept an hour for the caller to read
+RESULTS_KEPT_US = 3_600_000_000
+# Below this much free disk, /health reports the spool as refusing: a batch
+# would meet SQLITE_FULL (and the refusal could not even be recorded).
+DISK_FREE_MIN_BYTES = 1024 * 1024  # a command's result is kept an hour for the caller to read
 
 class Spool:
     def __init__(self, conn: sqlite3.Connection, settings: SpoolSettings) -> None:
@@ -158,8 +162,12 @@ class Spool:
         return self._conn.execute("SELECT flushed_seq FROM state").fetchone()[0]
 
     def request_flush(self, through_seq: int) -> None:
-        """Ask the flusher to write through this seq now rather than wait to fill a batch."""
-        self._write("UPDATE state SET flush_requested_seq = max(flush_requested_seq, ?)", (through_seq,))
+        """Ask the flusher to write through this seq now rather than wait to fill a batch.
+        Raises a SpoolError (the caller answers 503) when the spool cannot be written."""
+        try:
+            self._write("UPDATE state SET flush_requested_seq = max(flush_requested_seq, ?)", (through_seq,))
+        except sqlite3.Error as exc:
+            raise _append_error(exc) from exc
 
     # -- flusher --------------------------------------------------------------
 
@@ -257,9 +265,13 @@ class Spool:
         return self._conn.execute("SELECT count(*) FROM held").fetchone()[0]
 
     def beat(self, sink_healthy: bool, sink_error: str = "") -> None:
-        """Publish the flusher's liveness and the sink's health."""
-        self._write("UPDATE state SET heartbeat_us = ?, sink_healthy = ?, sink_error = ?",
-                    (now_us(), int(sink_healthy), sink_error[:500]))
+        """Publish the flusher's liveness and the sink's health. Best effort: on a
+        full disk or a busy spool the flusher must go on draining, not stop."""
+        try:
+            self._write("UPDATE state SET heartbeat_us = ?, sink_healthy = ?, sink_error = ?",
+                        (now_us(), int(sink_healthy), sink_error[:500]))
+        except sqlite3.Error as exc:
+            logger.warning("could not publish the flusher heartbeat: %s", exc)
 
     # -- dead letters ---------------------------------------------------------
 
@@ -295,6 +307,7 @@ class Spool:
     def stats(self) -> SpoolStats:
         """A consistent snapshot of the spool's counters (one read transaction)."""
         conn = self._conn
+        disk_free = _disk_free(self._settings.path)
         conn.execute("BEGIN")
         try:
             state = conn.execute(
@@ -312,7 +325,8 @@ class Spool:
             last_flush_us=state[4], oldest_received_us=oldest[0] if oldest else 0,
             heartbeat_us=state[5], sink_healthy=bool(state[6]), sink_error=state[7],
             held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9],
-            is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes)
+            is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes or disk_free < DISK_FREE_MIN_BYTES,
+            disk_free_bytes=disk_free)
 
     def _write(self, sql: str, params: tuple) -> None:
         conn = self._conn
@@ -323,6 +337,11 @@ class Spool:
         except BaseException:
             _rollback(conn)
             raise
+
+
+def _disk_free(path: str) -> int:
+    stat = os.statvfs(os.path.dirname(path) or ".")
+    return stat.f_bavail * stat.f_frsize
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

@@ -96,4 +96,5 @@ class SpoolStats(Struct, frozen=True):
     dead_letters: int
     sessions_written: int
     tasks_written: int
-    is_refusing: bool  # full: a batch was refused for space and nothing has been trimmed since
+    is_refusing: bool  # full: a batch was refused for space and nothing has been trimmed since, or no disk left
+    disk_free_bytes: int = 0
