@@ -186,6 +186,8 @@ class Load:
                     dead_since = dead_since or time.monotonic()
                     if time.monotonic() - dead_since > SERVICE_GONE_S:
                         return
+                else:
+                    dead_since = 0.0  # it was started again
                 keys: set[str] = set()
                 rewrites = min(int(self.batch * self.rewrite_share), len(made))
                 while len(keys) < rewrites:
