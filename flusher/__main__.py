@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,12 +13,13 @@ from core import metrics
 from core.logging import setup_logging
 from core.settings import load_settings
 from flusher.loop import Flusher
-from plugins import Sink, TransientSinkError, open_sink
 from core.supervisor import EXIT_FATAL
+from plugins import Sink, TransientSinkError, open_sink
 from wal import Spool, SpoolCorrupt
 from wal.salvage import check, damaged_message
 
 logger = logging.getLogger("flusher")
+LOCK_RETRY_S = 0.2
 
 
 def main() -> None:
@@ -25,6 +28,9 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    lock = _only_flusher(settings.spool.path, stop)
+    if lock is None:
+        return
     report = check(settings.spool.path)
     if not report.is_ok:
         logger.critical("%s", damaged_message(report))
@@ -42,6 +48,27 @@ def main() -> None:
     finally:
         sink.close()
         spool.close()
+
+
+def _only_flusher(spool_path: str, stop: threading.Event) -> int | None:
+    """One flusher per spool, always: two would race a delete against a replay
+    of older writes. A new flusher (say, after its supervisor was killed) waits
+    here until the previous one has finished draining and exited. The kernel
+    drops the lock when its holder dies, however it dies."""
+    os.makedirs(os.path.dirname(spool_path) or ".", exist_ok=True)
+    fd = os.open(spool_path + ".flusher.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    logged = False
+    while not stop.is_set():
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not logged:
+                logger.warning("another flusher holds %s.flusher.lock; waiting for it to exit", spool_path)
+                logged = True
+            stop.wait(LOCK_RETRY_S)
+    os.close(fd)
+    return None
 
 
 def _migrate_until_up(sink: Sink, spool: Spool, stop: threading.Event) -> None:
