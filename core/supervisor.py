@@ -33,6 +33,7 @@ ORPHAN_STOP_S = 10.0
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 EXIT_FATAL = 78  # a child that exits with this cannot start (bad config, unusable spool)
 STOP_TIMEOUT_S = 30.0
+FATAL_STOP_TIMEOUT_S = 5.0  # a child cannot run: nothing to wait for
 RESTART_WINDOW_S = 60.0
 MAX_RESTARTS_IN_WINDOW = 10
 
@@ -112,7 +113,7 @@ class Supervisor:
             self._stop_orphans()
             if code:
                 break
-        self._shutdown()
+        self._shutdown(STOP_TIMEOUT_S if code == 0 else FATAL_STOP_TIMEOUT_S)
         self._stop_orphans()
         return code
 
@@ -143,12 +144,12 @@ class Supervisor:
             child.start(self._env)
         return 0
 
-    def _shutdown(self) -> None:
+    def _shutdown(self, timeout_s: float) -> None:
         logger.info("stopping: ingest first, then the flusher drains for up to %.0f s",
                     self._settings.service.shutdown_grace)
-        self._children["ingest"].stop(STOP_TIMEOUT_S)
-        self._children["flusher"].stop(self._settings.service.shutdown_grace + STOP_TIMEOUT_S)
-        self._children["query"].stop(STOP_TIMEOUT_S)
+        self._children["ingest"].stop(timeout_s)
+        self._children["flusher"].stop(self._settings.service.shutdown_grace + timeout_s)
+        self._children["query"].stop(timeout_s)
         logger.info("stopped")
 
 

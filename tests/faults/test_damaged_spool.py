@@ -32,7 +32,10 @@ def test_truncated_spool_is_refused_then_salvaged(tmp_path) -> None:
 
     broken = Service(tmp_path / "svc", sink_url)
     broken.start(wait=False)
-    assert broken.proc.wait(60) == 78, broken.tail()
+    try:
+        assert broken.proc.wait(120) == 78, broken.tail()
+    finally:
+        broken.kill()
     log = broken.log.read_text()
     assert f"The spool {spool} is damaged" in log and "persistence-service spool salvage" in log
 

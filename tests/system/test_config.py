@@ -52,7 +52,7 @@ def test_a_sink_password_never_shows(service_factory, database: str) -> None:
     q = f"http://127.0.0.1:{service.query_port}"
 
     # The database refuses: the flusher and the query process say so, and keep retrying.
-    health = wait_for(lambda: (h := service.http.get("/health").json())["flusher"]["sink_error"] and h, 15,
+    health = wait_for(lambda: (h := service.http.get("/health").json())["flusher"]["sink_error"] and h, 60,
                       "the flusher to report the database error")
     assert health["database"] == "unhealthy" and health["status"] == "degraded"
     wait_for(lambda: "cannot prepare the database" in service.log.read_text(), 15, "the query process's warning")
