@@ -84,35 +84,13 @@ def plan_requests(args: argparse.Namespace) -> tuple[list[str], list[bytes], lis
 
 
 def post_all(port: int, path: str, bodies: list[bytes], threads: int = 6) -> None:
-    queue = list(reversed(bodies))
-    lock = threading.Lock()
-    errors: list[str] = []
-
-    def worker() -> None:
-        http = RawHttp(HOST, port)
-        while True:
-            with lock:
-                if not queue:
-                    return
-                body = queue.pop()
-            status, answer = http.call("POST", path, body)
-            if status != 202:
-                errors.append(f"{status} {answer[:200]!r}")
-                return
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    if errors:
-        raise RuntimeError(f"loading failed: {errors[0]}")
+    timed(port, [("POST", path, body) for body in bodies], threads, expect=202)
 
 
 # -- measuring --------------------------------------------------------------------
 
-def timed(port: int, paths: list[tuple[str, str]], concurrency: int) -> list[float]:
-    """Latencies (ms) of the given (method, path) requests, sent by `concurrency` clients."""
+def timed(port: int, paths: list[tuple], concurrency: int, expect: int = 200) -> list[float]:
+    """Latencies (ms) of the given (method, path[, body]) requests, sent by `concurrency` clients."""
     queue = list(reversed(paths))
     lock = threading.Lock()
     latencies: list[float] = []
@@ -124,11 +102,11 @@ def timed(port: int, paths: list[tuple[str, str]], concurrency: int) -> list[flo
             with lock:
                 if not queue:
                     return
-                method, path = queue.pop()
+                method, path, *payload = queue.pop()
             started = time.perf_counter()
-            status, body = http.call(method, path)
+            status, body = http.call(method, path, *payload)
             elapsed = (time.perf_counter() - started) * 1000
-            if status != 200:
+            if status != expect:
                 failures.append(f"{method} {path}: {status} {body[:200]!r}")
             with lock:
                 latencies.append(elapsed)
