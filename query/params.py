@@ -101,7 +101,8 @@ class _Reader:
         text = self.get(name)
         if text is None:
             return default
-        if not re.fullmatch(r"[+-]?\d{1,20}", text.strip()) or not low <= int(text) <= high:
+        # ASCII digits only, nothing around them: str.strip() and \d accept characters int() refuses.
+        if not re.fullmatch(r"[+-]?[0-9]{1,20}", text) or not low <= int(text) <= high:
             self.fail(name, f"must be an integer from {low} to {high}")
             return default
         return int(text)

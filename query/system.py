@@ -8,6 +8,8 @@ hold up the event loop or share the connection /health reads with."""
 
 from __future__ import annotations
 
+import re
+
 from collections.abc import Callable
 from importlib import resources
 from typing import TypeVar
@@ -103,7 +105,7 @@ def _integer(params: QueryParams, name: str, default: int, low: int, high: int, 
     text = params.get(name) or ""
     if not text:
         return default
-    if not text.strip().isdigit() or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]{1,20}", text) or not low <= int(text) <= high:
         errors.append(FieldError(name, f"must be an integer from {low} to {high}"))
         return default
     return int(text)

@@ -28,6 +28,9 @@ BAD = [
     ("/tasks", {"page_size": "1000"}, "page_size"),
     ("/tasks", {"from_date": "2025-09-30T10:00:00+25:00"}, "from_date"),
     ("/tasks", {"session_id": "s" * 37}, "session_id"),
+    ("/tasks", {"page_size": "\x1c1"}, "page_size"),  # str.strip() would eat \x1c; int() would not
+    ("/tasks", {"page": "\u00b2"}, "page"),  # a digit to str.isdigit(), not to int()
+    ("/tasks", {"page": " 2"}, "page"),
 ]
 
 

@@ -70,3 +70,9 @@ def test_a_file_that_is_not_sqlite_is_reported(tmp_path: Path) -> None:
     path.write_bytes(b"garbage" * 1000)
     report = check(path)
     assert not report.is_ok and "SQLite cannot read" in report.problems[0]
+
+
+def test_a_spool_being_created_is_not_called_damaged(tmp_path: Path) -> None:
+    # Another process has just created the file and not yet its tables.
+    sqlite3.connect(tmp_path / "spool.db").execute("PRAGMA journal_mode = WAL").fetchall()
+    assert check(tmp_path / "spool.db").is_ok
