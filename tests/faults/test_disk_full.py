@@ -59,17 +59,15 @@ class HealthSaysAccepting(AssertionError):
 
 
 BUG_TRIM_NEEDS_SPACE = (
-    "bug: on a full disk the flusher can never trim the spool: commit_drain (DELETE entries, UPDATE state) "
-    "needs new WAL frames and fails with SQLITE_FULL on every cycle (the sink write is repeated each time), "
-    "nothing is ever freed, and ingest answers 503 SPOOL_FULL forever. Fix: keep headroom (ingest refuses "
-    "while the free space of the spool's filesystem, plus the spool's free pages, is below what a trim and a "
-    "checkpoint need: about the WAL's size plus a margin), and PRAGMA secure_delete=OFF so that a trim does "
-    "not rewrite every freed page with zeros")
+    "bug: on a completely full disk the flusher can never trim the spool: commit_drain (DELETE entries, "
+    "UPDATE state) needs new WAL frames and fails with SQLITE_FULL on every cycle (the sink write is "
+    "repeated each time), nothing is freed, and ingest answers 503 SPOOL_FULL until space is freed by hand. "
+    "Fix: keep headroom (ingest refuses while the free space of the spool's filesystem, plus the spool's "
+    "free pages, is below what a trim and a checkpoint need: about the WAL's size plus a margin). "
+    "(secure_delete is off now, so a trim no longer rewrites freed pages.)")
 BUG_FLUSHER_CRASH_LOOP = (
-    "bug: on a full disk Flusher._beat (spool.beat) raises SQLITE_FULL where nothing catches it: in the "
-    "TransientSinkError handler of Flusher._step (database down), in _migrate_until_up (database down at "
-    "start) and at the top of Flusher.run; the flusher exits 1 at every start and the supervisor's "
-    "crash-loop rule stops the whole service (exit 78) within seconds")
+    "and the service may stop on its own on a full disk: opening the spool there can fail (exit 78). "
+    "Heartbeats on a full disk no longer stop the flusher (fixed)")
 
 
 # -- a small filesystem ---------------------------------------------------------
