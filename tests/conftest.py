@@ -11,6 +11,7 @@ from pathlib import Path
 import pymysql
 import pytest
 
+from loadtests.mariadb_server import PrivateMariaDB
 from tests.harness import MYSQL_HOST, MYSQL_PORT, Service
 
 
@@ -24,6 +25,16 @@ def mysql_url() -> Iterator[str]:
     with conn.cursor() as cur:
         cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     conn.close()
+
+
+@pytest.fixture
+def private_db(tmp_path: Path) -> Iterator[PrivateMariaDB]:
+    """A private mariadbd (own datadir and port) for tests that stop or kill the database."""
+    db = PrivateMariaDB(tmp_path / "mariadb", options={"innodb_buffer_pool_size": "128M",
+                                                        "innodb_log_file_size": "48M"})
+    db.start()
+    yield db
+    db.kill()
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

@@ -6,7 +6,6 @@ flush_timeout, and after the restart everything acknowledged is stored."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,6 @@ from tests.harness import Service, free_port, wait_for
 
 FLUSH_TIMEOUT = 3.0
 OUTAGE_S = 15.0
-
-
-@pytest.fixture
-def private_db(tmp_path: Path) -> Iterator[PrivateMariaDB]:
-    db = PrivateMariaDB(tmp_path / "mariadb", options={"innodb_buffer_pool_size": "128M",
-                                                        "innodb_log_file_size": "48M"})
-    db.start()
-    yield db
-    db.kill()
 
 
 @pytest.mark.slow

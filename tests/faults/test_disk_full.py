@@ -198,15 +198,6 @@ def _service_with_spool_on(folder: Path, spool: Path, sink_url: str, monkeypatch
     return Service(folder, sink_url, spool_max_bytes=HUGE_SPOOL, **overrides)
 
 
-@pytest.fixture
-def private_db(tmp_path: Path) -> Iterator[PrivateMariaDB]:
-    db = PrivateMariaDB(tmp_path / "mariadb", options={"innodb_buffer_pool_size": "128M",
-                                                        "innodb_log_file_size": "48M"})
-    db.start()
-    yield db
-    db.kill()
-
-
 # -- the tests --------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,6 @@ HEALTH_CALLS = 20
 HEALTH_BUDGET_S = 0.2
 BODY_KEYS = {"status", "database", "buffer", "uptime_seconds", "version"}
 BUFFER_KEYS = {"sessions_count", "tasks_count", "total_count", "capacity", "usage_percent", "last_flush"}
-
-
-@pytest.fixture
-def private_db(tmp_path: Path) -> Iterator[PrivateMariaDB]:
-    db = PrivateMariaDB(tmp_path / "mariadb", options={"innodb_buffer_pool_size": "128M",
-                                                        "innodb_log_file_size": "48M"})
-    db.start()
-    yield db
-    db.kill()
 
 
 def _health(service: Service, port: int) -> tuple[int, dict[str, Any]]:
