@@ -29,7 +29,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -55,7 +55,8 @@ class RequestContext:
                             seconds * 1000, request_id)
 
 
-def _request_id(scope: Scope) -> str:
+def request_id_of(scope: Scope) -> str:
+    """The client's X-Request-ID when it is safe to log and echo, else a new one."""
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             text = value.decode("latin-1")
@@ -72,6 +73,4 @@ def _route_template(scope: Scope) -> str:
         match, _ = route.matches(scope)
         if match != Match.NONE:  # PARTIAL: the path exists, the method does not (405)
             return getattr(route, "path", "other")
-    # Port 8001 passes the paths it does not own on to the query process, which labels them itself.
-    router = getattr(app, "router", None)
-    return "proxied" if router is not None and router.default != router.not_found else "unmatched"
+    return "unmatched"

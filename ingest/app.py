@@ -19,7 +19,7 @@ from core.settings import Settings, load_settings
 from core.times import now_us
 from ingest import routes
 from ingest.errors import EXCEPTION_HANDLERS
-from ingest.proxy import QueryProxy
+from ingest.proxy import Port8001, QueryProxy
 from ingest.writer import SpoolWriter
 from wal import Spool
 
@@ -42,7 +42,7 @@ ROUTES = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None) -> Port8001:
     if settings is None:
         settings = load_settings()
         setup_logging(settings.service.log_level)
@@ -64,5 +64,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                     middleware=[Middleware(RequestContext, role="ingest", is_access_log=settings.service.access_log),
                                 Middleware(ApiKeyAuth, settings=settings.auth)])
-    app.router.default = QueryProxy(settings.query, settings.ingest.max_body_bytes)
-    return app
+    own_paths = [route.path for route in ROUTES if isinstance(route, Route)]
+    return Port8001(app, own_paths, QueryProxy(settings.query, settings.ingest.max_body_bytes))

@@ -1,10 +1,11 @@
-"""Port 8001 answers every path of API.md: a request the ingest app has no
-route for is passed on to the query process (query.host:query.port) and its
-answer streamed back unchanged, so a client needs one base URL.
+"""Port 8001 answers every path of API.md: a request for a path the ingest
+app does not own is passed on to the query process (query.host:query.port)
+and its answer streamed back unchanged, so a client needs one base URL.
 
-Used as the ingest router's default app, it sees exactly the requests that
-match no write route; a write path with the wrong method still gets the
-ingest app's own 405.
+`Port8001` picks the app by path before any middleware runs: the query
+process applies API keys, request ids, metrics and the access log to what it
+answers, so doing them here too only cost CPU (a third of a proxied read).
+A write path with the wrong method still gets the ingest app's own 405.
 
 A small HTTP/1.1 client on asyncio streams with a keep-alive pool (one per
 worker process, made after granian forked it): httpx cost ~1.5 ms of CPU per
@@ -16,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.http import error_response
+from core.middleware import request_id_of
 from core.settings import QuerySettings
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ CHUNK_BYTES = 65536
 # Connection-level headers belong to one hop; this hop sets host and framing.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
                          b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length"})
+# granian frames the answer again.
+_DROPPED_ANSWER_HEADERS = _HOP_BY_HOP - {b"content-length"}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -46,6 +51,22 @@ class ClientGone(Exception):
 
 class UpstreamClosed(Exception):
     """The query process closed the connection before answering."""
+
+
+class Port8001:
+    """The ASGI app of port 8001: the ingest app for its own paths (and for
+    lifespan), the query proxy for every other path."""
+
+    def __init__(self, ingest: ASGIApp, own_paths: Iterable[str], proxy: QueryProxy) -> None:
+        self.ingest = ingest
+        self.own_paths = frozenset(own_paths)
+        self.proxy = proxy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.own_paths:
+            await self.proxy(scope, receive, send)
+        else:
+            await self.ingest(scope, receive, send)
 
 
 class _Connection:
@@ -83,38 +104,51 @@ class QueryProxy:
         except ClientGone:
             return
         except BodyTooLarge:
-            await error_response(413, f"the body is larger than max_body_bytes ({self._max_body_bytes} bytes)",
-                                 "PAYLOAD_TOO_LARGE", headers={"Connection": "close"})(scope, receive, send)
+            await self._error(scope, 413, f"the body is larger than max_body_bytes ({self._max_body_bytes} bytes)",
+                              "PAYLOAD_TOO_LARGE", {"Connection": "close"}, receive, send)
             return
         request = self._head(scope, len(body)) + body
         try:
             await self._forward(scope["method"], request, send)
         except TimeoutError:
             logger.warning("query process timed out on %s %s", scope["method"], scope["path"])
-            await error_response(504, "The query process did not answer in time.",
-                                 "QUERY_TIMEOUT")(scope, receive, send)
+            await self._error(scope, 504, "The query process did not answer in time.", "QUERY_TIMEOUT", {},
+                              receive, send)
         except (OSError, UpstreamClosed, asyncio.IncompleteReadError) as exc:
             logger.warning("query process unavailable for %s %s: %r", scope["method"], scope["path"], exc)
-            await error_response(503, "The query process is not available; retry later.", "QUERY_UNAVAILABLE",
-                                 headers={"Retry-After": "1"})(scope, receive, send)
+            await self._error(scope, 503, "The query process is not available; retry later.", "QUERY_UNAVAILABLE",
+                              {"Retry-After": "1"}, receive, send)
+
+    @staticmethod
+    async def _error(scope: Scope, status: int, detail: str, code: str, headers: dict[str, str],
+                     receive: Receive, send: Send) -> None:
+        # The query process did not answer, so this port gives the request its id.
+        headers = {**headers, "X-Request-ID": request_id_of(scope)}
+        await error_response(status, detail, code, headers=headers)(scope, receive, send)
 
     async def _forward(self, method: str, request: bytes, send: Send) -> None:
         conn, reused = await self._acquire()
+        answering = False
         try:
-            head = await self._exchange(conn, request)
-        except (OSError, UpstreamClosed, asyncio.IncompleteReadError):
+            # One timeout for the whole exchange, moved on while a long answer streams.
+            async with asyncio.timeout(READ_TIMEOUT_S) as deadline:
+                try:
+                    head = await _exchange(conn, request)
+                except (OSError, UpstreamClosed, asyncio.IncompleteReadError):
+                    conn.close()
+                    if not reused or method not in _IDEMPOTENT:
+                        raise
+                    # A pooled connection the query process had closed (it restarted): once more, when safe.
+                    conn = await self._connect()
+                    head = await _exchange(conn, request)
+                answering = True
+                keep = await _relay(conn.reader, head, send, method != "HEAD", deadline)
+        except (OSError, TimeoutError, UpstreamClosed, asyncio.IncompleteReadError, ValueError) as exc:
             conn.close()
-            if not reused or method not in _IDEMPOTENT:
+            if not answering:
                 raise
-            # A pooled connection the query process had closed (it restarted): once more, when safe.
-            conn, _ = await self._connect(), False
-            head = await self._exchange(conn, request)
-        try:
-            keep = await _relay(conn.reader, head, send, has_body=method != "HEAD")
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
             # The answer had started: all that is left is to cut it short.
             logger.warning("query process answer broke off for %s: %r", method, exc)
-            conn.close()
             return
         if keep and conn.is_usable and len(self._idle) < MAX_IDLE_CONNECTIONS:
             self._idle.append(conn)
@@ -130,34 +164,30 @@ class QueryProxy:
         return await self._connect(), False
 
     async def _connect(self) -> _Connection:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), CONNECT_TIMEOUT_S)
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(self._host, self._port)
         return _Connection(reader, writer)
-
-    async def _exchange(self, conn: _Connection, request: bytes) -> bytes:
-        conn.writer.write(request)
-        await conn.writer.drain()
-        try:
-            return await asyncio.wait_for(conn.reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-        except asyncio.IncompleteReadError as exc:
-            if not exc.partial:
-                raise UpstreamClosed("closed before answering") from None
-            raise
 
     def _head(self, scope: Scope, length: int) -> bytes:
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
         lines = [b"%s %s%s HTTP/1.1" % (scope["method"].encode(), path, b"?" + query if query else b""),
                  b"host: " + self._authority, b"content-length: %d" % length]
-        # The request id this port gave the request goes along, so both processes log the same one.
-        request_id = scope.get("state", {}).get("request_id")
-        dropped = _HOP_BY_HOP | {b"x-request-id"} if request_id else _HOP_BY_HOP
-        lines += [name + b": " + value for name, value in scope["headers"] if name.lower() not in dropped]
-        if request_id:
-            lines.append(b"x-request-id: " + request_id.encode())
+        lines += [name + b": " + value for name, value in scope["headers"] if name.lower() not in _HOP_BY_HOP]
         client = scope.get("client")
         if client:
             lines.append(b"x-forwarded-for: " + client[0].encode())
         return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def _exchange(conn: _Connection, request: bytes) -> bytes:
+    conn.writer.write(request)  # small: the socket takes it at once, no drain needed
+    try:
+        return await conn.reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            raise UpstreamClosed("closed before answering") from None
+        raise
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -173,51 +203,63 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _relay(reader: asyncio.StreamReader, head: bytes, send: Send, has_body: bool) -> bool:
+async def _relay(reader: asyncio.StreamReader, head: bytes, send: Send, has_body: bool,
+                 deadline: asyncio.Timeout) -> bool:
     """Stream the answer back byte for byte; True when the connection can be reused."""
     status_line, *header_lines = head[:-4].split(b"\r\n")
     status = int(status_line.split(b" ", 2)[1])
-    headers = [tuple(line.split(b":", 1)) for line in header_lines if b":" in line]
-    names = {name.strip().lower(): value.strip() for name, value in headers}
-    is_chunked = b"chunked" in names.get(b"transfer-encoding", b"").lower()
-    length = None if is_chunked else names.get(b"content-length")
-    # This port's middleware adds its own X-Request-ID; granian frames the answer again.
-    dropped = (_HOP_BY_HOP - {b"content-length"}) | {b"x-request-id"}
-    out = [(name.strip().lower(), value.strip()) for name, value in headers if name.strip().lower() not in dropped]
+    out, length, is_chunked, is_close = [], None, False, False
+    for line in header_lines:
+        name, _, value = line.partition(b":")
+        name, value = name.strip().lower(), value.strip()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            is_chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            is_close = b"close" in value.lower()
+        if name not in _DROPPED_ANSWER_HEADERS:
+            out.append((name, value))
+    if is_chunked:
+        length = None
     await send({"type": "http.response.start", "status": status, "headers": out})
     if not has_body or status in (204, 304):
         await send({"type": "http.response.body", "body": b""})
-        return b"close" not in names.get(b"connection", b"").lower()
+        return not is_close
+    if length is not None:
+        # Small answers are whole in one read; large ones go on in chunks.
+        while length > CHUNK_BYTES:
+            data = await reader.readexactly(CHUNK_BYTES)
+            length -= CHUNK_BYTES
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+            _move_on(deadline)
+        await send({"type": "http.response.body", "body": await reader.readexactly(length)})
+        return not is_close
     if is_chunked:
-        await _relay_chunked(reader, send)
-    elif length is not None:
-        await _relay_length(reader, int(length), send)
+        await _relay_chunked(reader, send, deadline)
     else:  # HTTP/1.0 style: the body ends when the connection does
-        while chunk := await asyncio.wait_for(reader.read(CHUNK_BYTES), READ_TIMEOUT_S):
+        while chunk := await reader.read(CHUNK_BYTES):
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            _move_on(deadline)
     await send({"type": "http.response.body", "body": b""})
-    return (length is not None or is_chunked) and b"close" not in names.get(b"connection", b"").lower()
+    return is_chunked and not is_close
 
 
-async def _relay_length(reader: asyncio.StreamReader, remaining: int, send: Send) -> None:
-    while remaining > 0:
-        chunk = await asyncio.wait_for(reader.read(min(remaining, CHUNK_BYTES)), READ_TIMEOUT_S)
-        if not chunk:
-            raise asyncio.IncompleteReadError(b"", remaining)
-        remaining -= len(chunk)
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+def _move_on(deadline: asyncio.Timeout) -> None:
+    """The timeout is between two reads: a long restore streams on as long as it makes progress."""
+    deadline.reschedule(asyncio.get_running_loop().time() + READ_TIMEOUT_S)
 
 
-async def _relay_chunked(reader: asyncio.StreamReader, send: Send) -> None:
+async def _relay_chunked(reader: asyncio.StreamReader, send: Send, deadline: asyncio.Timeout) -> None:
     while True:
-        size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), READ_TIMEOUT_S)
-        size = int(size_line.split(b";", 1)[0].strip(), 16)
+        size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
         if size == 0:
             with contextlib.suppress(asyncio.IncompleteReadError):
-                await asyncio.wait_for(reader.readuntil(b"\r\n"), READ_TIMEOUT_S)  # the empty trailer
+                await reader.readuntil(b"\r\n")  # the empty trailer
             return
-        data = await asyncio.wait_for(reader.readexactly(size + 2), READ_TIMEOUT_S)
+        data = await reader.readexactly(size + 2)
         await send({"type": "http.response.body", "body": data[:-2], "more_body": True})
+        _move_on(deadline)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from core.settings import QuerySettings
+import ingest.proxy
 from ingest.proxy import QueryProxy
 from tests.harness import free_port, session, task
 from tests.query.support import BASE, Api, now_iso, unique
@@ -65,6 +68,17 @@ def test_restore_through_8001(api: Api) -> None:
     assert a == b and a["tasks_count"] == 1500
 
 
+def test_request_ids_pass_through_8001_once(api: Api) -> None:
+    """The query process gives a proxied read its request id; 8001 adds no second one."""
+    mine = api.service.http.get(f"{BASE}/sessions/nope", headers={"X-Request-ID": "client-id-1"})
+    assert mine.status_code == 404 and mine.headers.get_list("x-request-id") == ["client-id-1"]
+    fresh = [api.service.http.get(f"{BASE}/sessions/nope").headers.get_list("x-request-id") for _ in range(2)]
+    assert all(len(ids) == 1 and re.fullmatch(r"[0-9a-f]{32}", ids[0]) for ids in fresh)
+    assert fresh[0] != fresh[1]
+    unsafe = api.service.http.get(f"{BASE}/sessions/nope", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
 def test_write_paths_keep_their_own_errors_on_8001(api: Api) -> None:
     r = api.service.http.get(f"{BASE}/flush")
     assert r.status_code == 405 and r.json()["error_code"] == "METHOD_NOT_ALLOWED"
@@ -74,6 +88,8 @@ def test_write_paths_keep_their_own_errors_on_8001(api: Api) -> None:
 
 # -- the proxy alone, in front of a plain HTTP server -------------------------
 
+STALL_S = 3.0
+
 class _Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -82,6 +98,17 @@ class _Echo(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode()
         if self.path == "/teapot":
             self._send(418, b'{"short": "and stout"}')
+            return
+        if self.path == "/stall":  # a query process that hangs before answering
+            time.sleep(STALL_S)
+            return
+        if self.path == "/stall-body":  # one that hangs half way through its answer
+            self.send_response(200)
+            self.send_header("content-length", "100")
+            self.end_headers()
+            self.wfile.write(b"x" * 10)
+            self.wfile.flush()
+            time.sleep(STALL_S)
             return
         echo = {"method": self.command, "path": self.path, "body": body,
                 "headers": {k.lower(): v for k, v in self.headers.items()}}
@@ -153,3 +180,34 @@ def test_query_process_down_is_503() -> None:
     for r in answers:
         assert r.status_code == 503, r.text
         assert r.json()["error_code"] == "QUERY_UNAVAILABLE" and r.headers["retry-after"]
+
+
+def test_a_hung_query_process_is_504_and_a_stalled_answer_is_cut_off(echo_port: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingest.proxy, "READ_TIMEOUT_S", 0.5)
+    started = time.monotonic()
+    hung, = asyncio.run(_through_proxy(echo_port, [("GET", "/stall", {})]))
+    assert hung.status_code == 504 and hung.json()["error_code"] == "QUERY_TIMEOUT"
+    assert hung.headers["x-request-id"]
+
+    # The 200 is out when the answer stalls: the body must end unfinished (the
+    # server then drops the connection), never look complete or turn into a 504.
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def stalled() -> None:
+        proxy = QueryProxy(QuerySettings(port=echo_port), max_body_bytes=1024)
+        scope = {"type": "http", "method": "GET", "path": "/stall-body", "raw_path": b"/stall-body",
+                 "query_string": b"", "headers": [], "client": ("127.0.0.1", 1)}
+        await proxy(scope, receive, send)
+        await proxy.aclose()
+
+    asyncio.run(stalled())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert not any(m["type"] == "http.response.body" and not m.get("more_body") for m in sent)
+    assert time.monotonic() - started < 2 * STALL_S
