@@ -68,6 +68,9 @@ def request_id_of(scope: Scope) -> str:
 def _route_template(scope: Scope) -> str:
     # The template ("/api/v1/translation/sessions/{session_id}"), never the raw
     # path: ids in labels would make the metric's cardinality unbounded.
+    route = scope.get("route")  # set by Starlette's router when a route matched
+    if route is not None:
+        return getattr(route, "path", "other")
     app: Any = scope.get("app")
     for route in getattr(app, "routes", []):
         match, _ = route.matches(scope)

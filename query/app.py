@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
 import anyio.to_thread
-from anyio import CapacityLimiter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -31,6 +30,8 @@ from plugins import SinkError, open_sink
 from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
 from query import routes
 from query.management import management_routes
+from query.count_cache import CountCache
+from query.read_threads import ReadThreads
 from query.stats_cache import StatsCache
 from query.system import system_routes
 from query.params import InvalidParams, errors_body
@@ -46,8 +47,9 @@ class State(TypedDict):
     spool: Spool
     started_us: int
     reader: Reader
-    limiter: CapacityLimiter
+    read_threads: ReadThreads
     stats_cache: StatsCache
+    counts: CountCache
 
 
 async def health(request: Request) -> Response:
@@ -116,11 +118,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         spool = Spool.open(settings.spool)
         reader = open_reader(sink_settings)
         preparing = asyncio.create_task(_prepare(sink_settings, reader))
+        threads = ReadThreads(READ_CONNECTIONS)
         try:
             yield State(spool=spool, started_us=now_us(), reader=reader,
-                        limiter=CapacityLimiter(READ_CONNECTIONS), stats_cache=StatsCache(settings.query.stats_cache))
+                        read_threads=threads, stats_cache=StatsCache(settings.query.stats_cache),
+                        counts=CountCache())
         finally:
             preparing.cancel()
+            threads.close()
             reader.close()
             spool.close()
 

@@ -1,6 +1,7 @@
-"""Read and recovery handlers. Every database call runs in a worker thread,
-at most READ_CONNECTIONS at once (the reader's pool size), so the event loop
-keeps answering /health while a slow read runs."""
+"""Read and recovery handlers. Every database call runs in one of the
+process's read threads (query.read_threads), at most READ_CONNECTIONS at
+once (the reader's pool size), so the event loop keeps answering /health
+while a slow read runs."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
-import anyio.to_thread
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from core.http import error_response, json_response
 from core.times import iso_z, now_us
-from plugins.reader import OPEN_STATUSES, Page, PageRequest, Reader, ReadError, SessionFilter
+from plugins.reader import OPEN_STATUSES, Page, PageRequest, Reader, ReadError, SessionFilter, TaskFilter
 from query import params
+from query.count_cache import CountCache
 from query.params import ListQuery
 from query.views import (
     ListPage,
@@ -36,21 +37,46 @@ _ENCODER = msgspec.json.Encoder()
 
 
 async def _db(request: Request, fn: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(fn, *args, limiter=request.state.limiter)
+    return await request.state.read_threads.run(fn, *args)
 
 
 def _session_not_found(session_id: str) -> Response:
     return error_response(404, "Session not found", "SESSION_NOT_FOUND", session_id=session_id)
 
 
-def _page_and_total(fetch: Callable[[Any, PageRequest], Page], count: Callable[[Any], int],
-                    flt: Any, query: ListQuery) -> tuple[Page, int]:
-    page = fetch(flt, query.request())
+def _total(page: Page, query: ListQuery, known: int | None, count: Callable[[], int]) -> int:
     if query.cursor:
-        return page, query.cursor.total
+        return query.cursor.total  # counted for the first page, carried in the cursor
     if query.page == 1 and not page.has_more:
-        return page, len(page.rows)  # the whole list is on this page: no COUNT needed
-    return page, count(flt)
+        return len(page.rows)  # the whole list is on this page: no COUNT needed
+    return known if known is not None else count()
+
+
+def _page_and_total(fetch: Callable[[Any, PageRequest], Page], count: Callable[[Any], int],
+                    flt: Any, query: ListQuery, known: int | None) -> tuple[Page, int]:
+    page = fetch(flt, query.request())
+    return page, _total(page, query, known, lambda: count(flt))
+
+
+def _session_tasks(reader: Reader, flt: TaskFilter, query: ListQuery, known: int | None) -> tuple[Page, int] | None:
+    page = reader.tasks(flt, query.request())
+    # Tasks reach the sink only with their session, so rows prove it exists.
+    if not page.rows and reader.session(flt.session_id) is None:
+        return None
+    return page, _total(page, query, known, lambda: reader.count_tasks(flt))
+
+
+async def _counted(request: Request, read: Callable[..., tuple[Page, int] | None], kind: str,
+                   flt: Any, query: ListQuery, *args: Any) -> tuple[Page, int] | None:
+    """Run a list read with the total this process already counted for the
+    same filter at the same sink version, and remember the one it counts."""
+    counts: CountCache = request.state.counts
+    version = request.state.spool.sink_version()
+    key = (kind, flt)
+    found = await _db(request, read, *args, flt, query, counts.get(version, key))
+    if found is not None and not query.cursor:
+        counts.put(version, key, found[1])
+    return found
 
 
 def _list_page(query: ListQuery, page: Page, total: int, items: list[Any]) -> ListPage:
@@ -62,7 +88,9 @@ def _list_page(query: ListQuery, page: Page, total: int, items: list[Any]) -> Li
 async def list_sessions(request: Request) -> Response:
     flt, query = params.session_list(request.query_params)
     reader: Reader = request.state.reader
-    page, total = await _db(request, _page_and_total, reader.sessions, reader.count_sessions, flt, query)
+    found = await _counted(request, _page_and_total, "sessions", flt, query, reader.sessions, reader.count_sessions)
+    assert found is not None
+    page, total = found
     return json_response(_list_page(query, page, total, [session_summary(r) for r in page.rows]))
 
 
@@ -74,16 +102,10 @@ async def get_session(request: Request) -> Response:
     return json_response(session_detail(row, now_us()))
 
 
-def _session_tasks(reader: Reader, flt: Any, query: ListQuery) -> tuple[Page, int] | None:
-    if reader.session(flt.session_id) is None:
-        return None
-    return _page_and_total(reader.tasks, reader.count_tasks, flt, query)
-
-
 async def list_session_tasks(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     flt, query = params.session_tasks(request.query_params, session_id)
-    found = await _db(request, _session_tasks, request.state.reader, flt, query)
+    found = await _counted(request, _session_tasks, "tasks", flt, query, request.state.reader)
     if found is None:
         return _session_not_found(session_id)
     page, total = found
@@ -102,7 +124,9 @@ async def get_task(request: Request) -> Response:
 async def list_tasks(request: Request) -> Response:
     flt, query = params.task_list(request.query_params)
     reader: Reader = request.state.reader
-    page, total = await _db(request, _page_and_total, reader.tasks, reader.count_tasks, flt, query)
+    found = await _counted(request, _page_and_total, "tasks", flt, query, reader.tasks, reader.count_tasks)
+    assert found is not None
+    page, total = found
     return json_response(_list_page(query, page, total, [task_view(r) for r in page.rows]))
 
 

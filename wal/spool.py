@@ -161,6 +161,12 @@ class Spool:
         """Every entry with seq <= this is committed to the sink."""
         return self._conn.execute("SELECT flushed_seq FROM state").fetchone()[0]
 
+    def sink_version(self) -> tuple[int, int]:
+        """Moves on with every commit the flusher makes to the sink (each one
+        sets last_flush_us), so an answer computed from the sink stays exact
+        while this is unchanged."""
+        return self._conn.execute("SELECT flushed_seq, last_flush_us FROM state").fetchone()
+
     def request_flush(self, through_seq: int) -> None:
         """Ask the flusher to write through this seq now rather than wait to fill a batch.
         Raises a SpoolError (the caller answers 503) when the spool cannot be written."""

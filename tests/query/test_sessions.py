@@ -10,6 +10,7 @@ from tests.query.support import (
     DETAIL_FIELDS,
     PAGE_FIELDS,
     SUMMARY_FIELDS,
+    BASE,
     Api,
     now_iso,
     parse_iso,
@@ -139,3 +140,23 @@ def test_paging_edges(api: Api) -> None:
     assert [i["session_id"] for i in one["items"]] == [ids[0]] and one["total_pages"] == 7
     empty = api.ok("/sessions", status="cancelled", from_date="2999-01-01")
     assert (empty["total"], empty["total_pages"], empty["items"], empty["next_cursor"]) == (0, 0, [], None)
+
+
+def test_totals_are_exact_after_every_flush(api: Api) -> None:
+    """A total may be reused between two flushes, never across one: page 2
+    (which needs a count) after more writes, a delete and a status change."""
+    start = now_iso()
+    ids = [unique("tot") for _ in range(6)]
+    api.write(sessions=[session(sid, status="pending") for sid in ids])
+
+    def total(**params: str) -> int:
+        return api.ok("/sessions", page=2, page_size=2, from_date=start, **params)["total"]
+
+    assert [total(), total(), total(status="pending")] == [6, 6, 6]
+    api.write(sessions=[session(unique("tot"), status="pending") for _ in range(3)])
+    assert [total(), total(status="pending")] == [9, 9]
+    assert api.service.http.delete(f"{BASE}/sessions/{ids[0]}").json()["status"] == "deleted"
+    assert [total(), total(status="pending")] == [8, 8]
+    changed = api.service.http.patch(f"{BASE}/sessions/{ids[1]}/status", json={"status": "failed"})
+    assert changed.status_code == 200, changed.text
+    assert [total(), total(status="pending"), total(status="failed")] == [8, 7, 1]
