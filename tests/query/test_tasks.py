@@ -99,3 +99,26 @@ def test_task_list_filters_and_newest_first(api: Api) -> None:
     paged = api.ok("/tasks", page=2, page_size=4, **window)
     assert [t["task_id"] for t in paged["items"]] == expected[4:]
     assert (paged["total"], paged["total_pages"], paged["next_cursor"]) == (6, 2, None)
+
+
+def test_every_task_read_returns_the_stored_values_exactly(api: Api) -> None:
+    """Single task, both lists and restore read tasks the same way (on MariaDB as
+    one JSON array per row): control characters, quotes, backslashes, JSON-looking
+    text, big integers and the edges of confidence come back as written."""
+    sid = unique("exact")
+    hostile = NASTY + " nul \x00 bell \x07 unit-sep \x1f line-sep \u2028 json {\"a\": [1]} \\u0041 end"
+    written = [task(f"{sid}-{i}", sid, source_text=hostile, target_text=text, context=None, confidence=conf,
+                    row_index=row, retry_count=9_007_199_254_740_993, duration_ms=None)
+               for i, (text, conf, row) in enumerate([(hostile, 1.0, 2**40), ("", 0.0, 0), (None, None, 5)])]
+    api.write(sessions=[session(sid, status="processing")], tasks=written)
+    single = [api.ok(f"/tasks/{t['task_id']}") for t in written]
+    in_session = api.ok(f"/sessions/{sid}/tasks", page_size=10)["items"]
+    in_list = api.ok("/tasks", session_id=sid, page_size=10)["items"]
+    restored = api.service.http.post(f"/api/v1/translation/recovery/restore/{sid}").json()["tasks"]
+    for reads in (in_session, in_list, restored):
+        assert sorted(reads, key=lambda t: t["task_id"]) == single
+    for read, sent in zip(single, written, strict=True):
+        for field in ("source_text", "target_text", "context", "confidence", "row_index", "retry_count",
+                      "duration_ms"):
+            assert read[field] == sent[field], field
+    assert [type(t["confidence"]) for t in single] == [float, float, type(None)]
