@@ -52,7 +52,7 @@ def role_command(role: str, settings: Settings) -> list[str]:
 
 
 def _granian(target: str, host: str, port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws",
+    return [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws", "--loop", "uvloop",
             "--host", host, "--port", str(port), "--workers", str(workers),
             "--respawn-failed-workers", "--log-level", "warning", target]
 

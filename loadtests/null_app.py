@@ -7,7 +7,7 @@ validation (ingest.validation.validate_batch, i.e. core.records.TASK_DECODER
 / SESSION_DECODER), same 202 answer; the only thing missing is the append to
 the spool and the wait for its commit. Nothing here is part of the service.
 
-    python -m granian --interface asgi --factory --no-ws --workers 2 \
+    python -m granian --interface asgi --factory --no-ws --loop uvloop --workers 2 \
         --host 127.0.0.1 --port 8001 loadtests.null_app:create_app
 """
 
