@@ -224,7 +224,8 @@ class Bench:
         port = free_port()
         logger.info("phase c: validate-only ceiling (loadtests/null_app.py): starting")
         proc = self.reaper.popen(
-            [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws", "--loop", "uvloop", "--host", HOST,
+            [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws", "--loop", "uvloop",
+             "--host", HOST,
              "--port", str(port), "--workers", str(self.args.workers), "--respawn-failed-workers",
              "--log-level", "warning", "loadtests.null_app:create_app"], cwd=ROOT, log_file=folder / "null.log")
         result = LoadResult("c", "validate-only ceiling (no spool)", self.args.duration)

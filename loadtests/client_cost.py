@@ -133,7 +133,8 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws", "--loop", "uvloop", "--host", "127.0.0.1",
+        [sys.executable, "-m", "granian", "--interface", "asgi", "--factory", "--no-ws", "--loop", "uvloop",
+         "--host", "127.0.0.1",
          "--port", str(port), "--workers", str(args.workers), "--log-level", "warning",
          "loadtests.null_app:create_app"], cwd=ROOT, start_new_session=True)
     try:

@@ -75,7 +75,7 @@ class MysqlReader:
             "database": url.path.strip("/"), "charset": "utf8mb4", "autocommit": True,
             "connect_timeout": settings.connect_timeout, "read_timeout": READ_TIMEOUT_S,
             "write_timeout": READ_TIMEOUT_S, "init_command": SESSION_INIT, "conv": CONVERSIONS}
-        self._sql = ReadSql("%s", deferred_join=True, json_tasks=True)
+        self._sql = ReadSql("%s", deferred_join=True, json_rows=True)
         self._pool: ConnectionPool[pymysql.connections.Connection] = ConnectionPool(
             self._connect, pymysql.connections.Connection.close, READ_CONNECTIONS)
 
@@ -100,22 +100,22 @@ class MysqlReader:
             raise ReadError(f"mysql error {_code(exc)}: {exc.args[-1] if exc.args else exc}") from exc
 
     def session(self, session_id: str) -> tuple | None:
-        rows = self._fetch(self._sql.session_by_id, [session_id])
+        rows = self._fetch_rows(self._sql.session_by_id, [session_id])
         return rows[0] if rows else None
 
     def task(self, task_id: str) -> tuple | None:
-        rows = self._fetch_tasks(self._sql.task_by_id, [task_id])
+        rows = self._fetch_rows(self._sql.task_by_id, [task_id])
         return rows[0] if rows else None
 
     def sessions(self, flt: SessionFilter, page: PageRequest) -> Page:
-        rows = self._fetch(*self._sql.sessions(flt, page))
+        rows = self._fetch_rows(*self._sql.sessions(flt, page))
         return make_page(rows, page.limit, key_getter(SESSION_COLUMNS, flt.order))
 
     def count_sessions(self, flt: SessionFilter) -> int:
         return int(self._fetch(*self._sql.count_sessions(flt))[0][0])
 
     def tasks(self, flt: TaskFilter, page: PageRequest) -> Page:
-        rows = self._fetch_tasks(*self._sql.tasks(flt, page))
+        rows = self._fetch_rows(*self._sql.tasks(flt, page))
         return make_page(rows, page.limit, key_getter(TASK_COLUMNS, flt.order))
 
     def count_tasks(self, flt: TaskFilter) -> int:
@@ -126,7 +126,7 @@ class MysqlReader:
         # is (session_id, status, task_id): a chunk is one range, no sort.
         status, last = open_walk_start(after)
         sql, params = self._sql.open_tasks(session_id, status, last, limit, "task_id")
-        page = make_page(self._fetch_tasks(sql, params), limit, lambda row: (status, row[_TASK_ID]))
+        page = make_page(self._fetch_rows(sql, params), limit, lambda row: (status, row[_TASK_ID]))
         return open_walk_page(page, status)
 
     def recovery_counts(self) -> RecoveryCounts:
@@ -146,10 +146,10 @@ class MysqlReader:
             return list(cur.fetchall())
         return self._run(work)
 
-    def _fetch_tasks(self, sql: str, params: list[Any]) -> list[tuple]:
-        """Task rows selected as JSON arrays (ReadSql json_tasks), as tuples:
-        DECIMAL confidence comes as a JSON number (a float), datetimes as the
-        same 'YYYY-MM-DD HH:MM:SS.ffffff' text the plain protocol gives."""
+    def _fetch_rows(self, sql: str, params: list[Any]) -> list[tuple]:
+        """Rows selected as JSON arrays (ReadSql json_rows), as tuples: DECIMAL
+        confidence comes as a JSON number (a float), datetimes as the same
+        'YYYY-MM-DD HH:MM:SS.ffffff' text the plain protocol gives."""
         rows = self._fetch(sql, params)
         return _JSON_ROWS.decode("[" + ",".join(row[0] for row in rows) + "]") if rows else []
 

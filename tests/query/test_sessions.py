@@ -54,7 +54,8 @@ def test_summaries_carry_the_derived_fields(api: Api) -> None:
 
 def test_detail_has_every_field(api: Api) -> None:
     sid = unique("sd")
-    game = {"game_name": "幻想", "source_language": "zh", "nested": {"list": [1, 2.5, None, "ü"]}}
+    game = {"game_name": "幻想", "source_language": "zh", "nested": {"list": [1, 2.5, None, "ü"]},
+            "quoted": "a \"b\" \\ c\n\u0001 😀"}
     api.write(sessions=[session(sid, file_path="/data/幻想.xlsx", llm_provider="qwen", game_info=game,
                                 metadata={"k": "v"}, total_tasks=4, completed_tasks=1, status="processing")])
     body = api.ok(f"/sessions/{sid}")
