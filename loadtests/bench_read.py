@@ -263,7 +263,7 @@ def run(args: argparse.Namespace, reaper: Reaper, folder: Path) -> int:
     print(f"{'read':<44}{'n':>7}{'p50':>9}{'p95':>9}{'p99':>9}")
     for name, values in results.items():
         print(row(name, values))
-    print(row("restore of 10,000 open tasks (whole body)", restore))
+    print(row(f"restore of {args.restore_tasks:,} open tasks (whole body)", restore))
     first, last = walk[:100], walk[-100:]
     print(f"cursor walk of /tasks: first 100 pages p50 {sorted(first)[len(first) // 2]:.2f} ms, "
           f"pages {len(walk) - 100}-{len(walk)} p50 {sorted(last)[len(last) // 2]:.2f} ms")
@@ -278,9 +278,10 @@ def run(args: argparse.Namespace, reaper: Reaper, folder: Path) -> int:
         ok = pct(values, .95) < 20
         failed += not ok
         print(f"  [{'PASS' if ok else 'FAIL'}] p95 < 20 ms: {name}: {pct(values, .95):.2f} ms")
-    for label, ok, value in (("reads/s at 32 clients >= 1,000", per_s >= 1000, f"{per_s:,.0f}"),
-                             ("restore of 10,000 tasks < 1 s (p50)", pct(restore, .5) < 1000,
-                              f"{pct(restore, .5):.0f} ms")):
+    checks = [("reads/s at 32 clients >= 1,000", per_s >= 1000, f"{per_s:,.0f}")]
+    if args.restore_tasks == 10_000:  # the target is for 10,000; other sizes only print their figure
+        checks.append(("restore of 10,000 tasks < 1 s (p50)", pct(restore, .5) < 1000, f"{pct(restore, .5):.0f} ms"))
+    for label, ok, value in checks:
         failed += not ok
         print(f"  [{'PASS' if ok else 'FAIL'}] {label}: {value}")
     return 1 if failed else 0

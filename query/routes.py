@@ -154,7 +154,7 @@ async def recovery_status(request: Request) -> Response:
 async def stats(request: Request) -> Response:
     async def compute() -> dict:
         return stats_body(await _db(request, request.state.reader.stats))
-    return json_response(await request.state.stats_cache.get(compute))
+    return json_response(await request.state.stats_cache.get(request.state.spool.sink_version(), compute))
 
 
 async def restore(request: Request) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -60,3 +61,17 @@ def test_stats_are_served_from_a_short_lived_copy(service_factory, tmp_path) -> 
     again = svc.http.get(direct).json()
     assert again == first and again["sessions"]["total"] == 0  # the copy, not yet the new session
     assert again["computed_at"].endswith("Z")
+
+
+def test_stats_are_recomputed_after_a_flush_and_only_then(service_factory, tmp_path) -> None:
+    # stats_cache = 0: never older than the last flush; one worker, so one copy.
+    svc = service_factory(f"sqlite:///{tmp_path / 'store.db'}", stats_cache=0.0, query_workers=1)
+    direct = f"http://127.0.0.1:{svc.query_port}/api/v1/translation/stats"
+    first = svc.http.get(direct).json()
+    time.sleep(0.01)
+    assert svc.http.get(direct).json() == first  # nothing flushed since: the same exact answer, reused
+    svc.post_sessions([session("s-new")])
+    assert svc.flush().status_code == 200
+    after = svc.http.get(direct).json()
+    assert after["sessions"]["total"] == first["sessions"]["total"] + 1
+    assert after["computed_at"] > first["computed_at"]
