@@ -69,6 +69,34 @@ def measure(service: ServiceProc, mariadb: PrivateMariaDB, port: int, paths: lis
     return per, wall * 1000 / len(paths)
 
 
+def print_stats_costs(url: str, repeats: int = 5) -> None:
+    """What each statement behind GET /stats costs on this database (median of repeats)."""
+    from urllib.parse import urlsplit
+
+    import pymysql
+
+    from plugins.mysql_reader import AVERAGE_SESSION_S, DATABASE_BYTES
+    from plugins.reader import AVERAGE_TASK_MS, SESSION_STATUS_COUNTS, TASK_STATUS_COUNTS
+
+    parts = urlsplit(url)
+    conn = pymysql.connect(host=parts.hostname, port=parts.port, user="root", database=parts.path.strip("/"))
+    try:
+        print("GET /stats statements, median of", repeats, "runs:")
+        with conn.cursor() as cur:
+            for name, sql in (("sessions by status", SESSION_STATUS_COUNTS), ("tasks by status", TASK_STATUS_COUNTS),
+                              ("average session time", AVERAGE_SESSION_S), ("average task time", AVERAGE_TASK_MS),
+                              ("database size", DATABASE_BYTES)):
+                times = []
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    cur.execute(sql)
+                    cur.fetchall()
+                    times.append((time.perf_counter() - started) * 1000)
+                print(f"  {name:<24}{sorted(times)[repeats // 2]:>9.1f} ms   {sql[:90]}")
+    finally:
+        conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     reaper = Reaper()
@@ -107,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 total = sum(per.values())
                 print(f"{name:<22}{label:>6}{wall:>8.2f}{per.get('ingest', 0):>8.2f}{per.get('query', 0):>8.2f}"
                       f"{per['mariadb']:>9.2f}{per['client']:>8.2f}{total:>8.2f}")
+        print_stats_costs(mariadb.url("read_cost"))
         if args.mix_seconds:
             def mix_path(r: random.Random) -> str:
                 return r.choice([paths for name, paths in endpoints.items() if name in MIX])[r.randrange(n)]
