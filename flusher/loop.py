@@ -85,7 +85,8 @@ class Flusher:
         with metrics.FLUSH_DURATION.time():
             report = self._drainer.drain_once(entries, held)
         _count(report)
-        self._spool.checkpoint()
+        # Short of disk: truncate the WAL (its size is what ingest must keep free) so appends resume.
+        self._spool.checkpoint(truncate=self._spool.is_short_of_disk())
         self._set_health(True, "")
         return True
 

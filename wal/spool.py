@@ -25,10 +25,15 @@ logger = logging.getLogger(__name__)
 
 LOCK_POLL_S = 0.003  # SQLite's own wait per try for the write lock (see Spool.begin_write)
 
-RESULTS_KEPT_US = 3_600_000_000
-# Below this much free disk, /health reports the spool as refusing: a batch
-# would meet SQLITE_FULL (and the refusal could not even be recorded).
-DISK_FREE_MIN_BYTES = 1024 * 1024  # a command's result is kept an hour for the caller to read
+RESULTS_KEPT_US = 3_600_000_000  # a command's result is kept an hour for the caller to read
+# Disk headroom. The flusher frees space by checkpointing (which may grow the
+# database file by up to the WAL's size) and then trimming (a few pages). If
+# appends filled the disk, neither could run and nothing would ever be freed.
+# So a batch is refused unless, after it, the free space still covers the
+# WAL's size plus this margin.
+HEADROOM_MARGIN_BYTES = 1024 * 1024
+_PAGE_SLACK = 1.1  # a payload takes about 10% more in pages and WAL frames
+_MIB = 1024 * 1024
 
 class Spool:
     def __init__(self, conn: sqlite3.Connection, settings: SpoolSettings) -> None:
@@ -101,10 +106,20 @@ class Spool:
             results: list[int | SpoolError] = []
             added = {KIND_SESSIONS: 0, KIND_TASKS: 0}
             received = max(now_us(), clock + 1)
+            free, reserved = self._disk_room()
             for item in items:
                 if live_bytes + len(item.payload) > self._settings.max_bytes:
                     results.append(SpoolFull(f"spool holds {live_bytes} bytes, limit {self._settings.max_bytes}"))
                     continue
+                if item.kind not in COMMAND_TYPES:  # commands are tiny, and a cleanup frees space
+                    grows = int(len(item.payload) * _PAGE_SLACK)
+                    # Afterwards free - grows must still cover the WAL (grown by as much) + the margin.
+                    if free - 2 * grows < reserved:
+                        results.append(SpoolFull(
+                            f"the disk that holds the spool is nearly full: {free / _MIB:.1f} MiB free, and "
+                            f"{reserved / _MIB:.1f} MiB stay free so the flusher can always checkpoint and trim"))
+                        continue
+                    free, reserved = free - grows, reserved + grows
                 cur = conn.execute(
                     "INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",
                     (item.kind, received, item.record_count, item.payload))
@@ -313,7 +328,7 @@ class Spool:
     def stats(self) -> SpoolStats:
         """A consistent snapshot of the spool's counters (one read transaction)."""
         conn = self._conn
-        disk_free = _disk_free(self._settings.path)
+        disk_free, reserved = self._disk_room()
         conn.execute("BEGIN")
         try:
             state = conn.execute(
@@ -331,8 +346,22 @@ class Spool:
             last_flush_us=state[4], oldest_received_us=oldest[0] if oldest else 0,
             heartbeat_us=state[5], sink_healthy=bool(state[6]), sink_error=state[7],
             held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9],
-            is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes or disk_free < DISK_FREE_MIN_BYTES,
+            is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes or disk_free < reserved,
             disk_free_bytes=disk_free)
+
+    def is_short_of_disk(self) -> bool:
+        """Free space within one margin of the headroom ingest keeps: appends
+        are refused, or soon will be, until the WAL shrinks."""
+        free, reserved = self._disk_room()
+        return free < reserved + HEADROOM_MARGIN_BYTES
+
+    def _disk_room(self) -> tuple[int, int]:
+        """(free bytes on the spool's filesystem, bytes to keep free: the WAL's size + the margin)."""
+        try:
+            wal = os.stat(f"{self._settings.path}-wal").st_size
+        except FileNotFoundError:
+            wal = 0
+        return _disk_free(self._settings.path), wal + HEADROOM_MARGIN_BYTES
 
     def _write(self, sql: str, params: tuple) -> None:
         conn = self._conn

@@ -11,8 +11,11 @@ What must hold:
   the spool into the database) writes are accepted again and the database
   holds exactly what was acknowledged.
 
-The tests marked xfail document bugs found here (see each reason); they are
-strict, so they fail as soon as the bug is fixed: then remove the mark.
+"Full" here means what ingest refuses at: it keeps the WAL's size plus 1 MiB
+free (wal/spool.py, HEADROOM_MARGIN_BYTES), because the flusher can only free
+space by checkpointing and trimming, which need some. Before that headroom,
+a spool that filled its disk could never be trimmed (every commit_drain met
+SQLITE_FULL) and the service could stop on its own (opening the spool failed).
 
 The recovery tests use 24 MiB rather than a few: a checkpoint needs room in
 the database file for what the WAL holds, so on a filesystem of a few MiB no
@@ -56,18 +59,6 @@ class ServiceDied(AssertionError):
 
 class HealthSaysAccepting(AssertionError):
     """/health answered 200 while every write was refused."""
-
-
-BUG_TRIM_NEEDS_SPACE = (
-    "bug: on a completely full disk the flusher can never trim the spool: commit_drain (DELETE entries, "
-    "UPDATE state) needs new WAL frames and fails with SQLITE_FULL on every cycle (the sink write is "
-    "repeated each time), nothing is freed, and ingest answers 503 SPOOL_FULL until space is freed by hand. "
-    "Fix: keep headroom (ingest refuses while the free space of the spool's filesystem, plus the spool's "
-    "free pages, is below what a trim and a checkpoint need: about the WAL's size plus a margin). "
-    "(secure_delete is off now, so a trim no longer rewrites freed pages.)")
-BUG_FLUSHER_CRASH_LOOP = (
-    "and the service may stop on its own on a full disk: opening the spool there can fail (exit 78). "
-    "Heartbeats on a full disk no longer stop the flusher (fixed)")
 
 
 # -- a small filesystem ---------------------------------------------------------
@@ -251,8 +242,7 @@ def test_health_says_unhealthy_while_the_disk_is_full(tmp_path: Path, monkeypatc
 @pytest.mark.slow
 @pytest.mark.parametrize("freed_mib", [
     SMALL_FS_MIB // 2,  # the operator deletes a file that filled half of the disk
-    pytest.param(0, marks=pytest.mark.xfail(raises=(SpoolNeverDrains, ServiceDied), strict=True,
-                                            reason=f"{BUG_TRIM_NEEDS_SPACE}; or {BUG_FLUSHER_CRASH_LOOP}")),
+    0,  # nothing: the headroom ingest keeps is enough for the flusher to checkpoint and trim
 ])
 def test_full_disk_recovers_after_a_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freed_mib: int) -> None:
     """Fill the disk (the flusher paused), kill -9 the service, free freed_mib
@@ -288,8 +278,6 @@ def test_full_disk_recovers_after_a_restart(tmp_path: Path, monkeypatch: pytest.
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=(ServiceDied, SpoolNeverDrains), strict=True,
-                   reason=f"{BUG_FLUSHER_CRASH_LOOP}; and then {BUG_TRIM_NEEDS_SPACE}")
 def test_full_disk_during_a_database_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             private_db: PrivateMariaDB) -> None:
     """The usual way a spool fills a disk: the database is down for long.
@@ -340,6 +328,8 @@ def _drained(service: Service, spool: Path) -> None:
             time.sleep(0.2)
             continue
         if answer.status_code == 200:
+            # As a client honouring Retry-After would: writes resume once the flusher has made room.
+            wait_for(lambda: service.http.get("/health").status_code == 200, RECOVERY_S, "/health to say accepting")
             return
         last = f"{answer.status_code} {answer.text[:300]}"
     sizes = {p.name: p.stat().st_size for p in spool.parent.iterdir()}
