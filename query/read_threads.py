@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,8 +37,9 @@ class ReadThreads:
     def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + JOIN_TIMEOUT_S  # one wait for all: a read stuck on the network is a daemon
         for thread in self._threads:
-            thread.join(JOIN_TIMEOUT_S)  # a read stuck on the network: the thread is a daemon
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
