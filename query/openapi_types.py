@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Raw, Struct, field
 
-from query.views import SessionDetail, SessionSummary, TaskView
+from query.views import IsoTime, SessionDetail, SessionSummary, TaskView
 
 
 class FieldProblem(Struct):
@@ -30,7 +30,7 @@ class ErrorBody(Struct):
 class Accepted(Struct):
     status: Literal["accepted"]
     count: int
-    timestamp: str
+    timestamp: IsoTime
 
 
 class FlushResult(Struct):
@@ -84,7 +84,7 @@ class Restored(Struct):
     session: SessionDetail
     tasks: list[TaskView]
     tasks_count: int
-    restored_at: str
+    restored_at: IsoTime
 
 
 class RecoveryStatus(Struct):
@@ -92,7 +92,7 @@ class RecoveryStatus(Struct):
     sessions_by_status: dict[str, int]
     open_tasks: int
     tasks_by_status: dict[str, int]
-    checked_at: str
+    checked_at: IsoTime
 
 
 # -- management ---------------------------------------------------------------
@@ -157,7 +157,7 @@ class Stats(Struct):
     tasks: TaskCounts
     performance: Performance
     storage: Storage
-    computed_at: str  # when these figures were read (a copy up to query.stats_cache seconds old)
+    computed_at: IsoTime  # when these figures were read (a copy up to query.stats_cache seconds old)
 
 
 # -- system -------------------------------------------------------------------
@@ -194,8 +194,8 @@ class DeadLetterView(Struct):
     kind: str  # session | task | unknown:<n>
     record_key: str  # empty when a whole entry was dead-lettered
     seq: int  # the spool entry it came from (0 for an expired orphan)
-    received_at: str
-    failed_at: str
+    received_at: IsoTime
+    failed_at: IsoTime
     error: str  # the database's own text
     payload: Raw  # the record as JSON (a JSON string when the bytes were not JSON)
 

@@ -4,9 +4,9 @@ embedded as they are stored, and the derived session fields of API.md."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
-from msgspec import Raw, Struct
+from msgspec import Meta, Raw, Struct
 
 from core.records import SessionStatus, TaskStatus
 from core.times import iso_z, to_us
@@ -15,6 +15,8 @@ from plugins.reader import OPEN_STATUSES, RecoveryCounts, StoreStats
 SESSION_STATUSES: tuple[str, ...] = get_args(SessionStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 _MAX_US = to_us(datetime(9999, 12, 31, 23, 59, 59))
+# ISO 8601 UTC with Z and microseconds; the format only shows in /openapi.json.
+IsoTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class SessionSummary(Struct):
@@ -27,8 +29,8 @@ class SessionSummary(Struct):
     processing_tasks: int
     pending_tasks: int
     progress: float
-    created_at: str
-    updated_at: str
+    created_at: IsoTime
+    updated_at: IsoTime
 
 
 class SessionDetail(Struct):
@@ -45,9 +47,9 @@ class SessionDetail(Struct):
     processing_tasks: int
     pending_tasks: int
     progress: float
-    created_at: str
-    updated_at: str
-    estimated_completion: str | None
+    created_at: IsoTime
+    updated_at: IsoTime
+    estimated_completion: IsoTime | None
 
 
 class TaskView(Struct):
@@ -64,11 +66,11 @@ class TaskView(Struct):
     confidence: float | None
     error_message: str | None
     retry_count: int
-    start_time: str | None
-    end_time: str | None
+    start_time: IsoTime | None
+    end_time: IsoTime | None
     duration_ms: int | None
-    created_at: str
-    updated_at: str
+    created_at: IsoTime
+    updated_at: IsoTime
 
 
 class ListPage(Struct):
