@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mix-seconds", type=float, default=20.0, help="length of the 32-client mixed run")
     parser.add_argument("--deep-pages", type=int, default=2000, help="cursor pages walked for the deep page")
     parser.add_argument("--quick", action="store_true", help="100k tasks, fewer requests: a smoke run")
+    parser.add_argument("--sink", choices=("mariadb", "sqlite"), default="mariadb",
+                        help="a private MariaDB (default) or the embedded SQLite sink")
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.tasks, args.requests, args.mix_seconds, args.deep_pages = 1000, 100_000, 100, 5, 200
@@ -204,10 +206,14 @@ def row(name: str, values: list[float]) -> str:
 
 
 def run(args: argparse.Namespace, reaper: Reaper, folder: Path) -> int:
-    mariadb = PrivateMariaDB(folder / "mariadb")
-    reaper.mariadb = mariadb
-    mariadb.start()
-    service = ServiceProc(reaper, folder / "svc", mariadb.url("bench_read"), sync="normal", workers=2)
+    if args.sink == "sqlite":
+        sink_url, described = f"sqlite:///{folder / 'store.db'}", "embedded SQLite sink"
+    else:
+        mariadb = PrivateMariaDB(folder / "mariadb")
+        reaper.mariadb = mariadb
+        mariadb.start()
+        sink_url, described = mariadb.url("bench_read"), mariadb.describe()
+    service = ServiceProc(reaper, folder / "svc", sink_url, sync="normal", workers=2)
     service.start()
     service.wait_ready(need_database=True)
     port = service.ingest_port
@@ -219,7 +225,7 @@ def run(args: argparse.Namespace, reaper: Reaper, folder: Path) -> int:
     if not service.flush_all(timeout=1800):
         raise RuntimeError("the database did not catch up")
     loaded_s = time.monotonic() - started
-    print(mariadb.describe())
+    print(described)
     print(f"loaded {len(ids):,} sessions and {args.tasks:,} tasks through POST /batch: accepted in "
           f"{accepted_s:.0f} s, all in the database after {loaded_s:.0f} s ({args.tasks / loaded_s:,.0f} rows/s)")
 
