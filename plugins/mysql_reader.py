@@ -15,9 +15,10 @@ from pymysql.constants import FIELD_TYPE
 from pymysql.converters import conversions
 from pymysql.cursors import Cursor
 
-from core.records import SESSION_COLUMNS, TASK_COLUMNS
+from core.records import TASK_COLUMNS
 from core.settings import SinkSettings
 from plugins.mysql import ISOLATION, READ_TIMEOUT_S, SESSION_INIT
+from plugins.read_sql import ReadSql, SqlReader, make_page, open_walk_page, open_walk_start
 from plugins.reader import (
     AVERAGE_TASK_MS,
     READ_CONNECTIONS,
@@ -28,17 +29,9 @@ from plugins.reader import (
     ConnectionPool,
     Key,
     Page,
-    PageRequest,
     ReadError,
-    ReadSql,
     RecoveryCounts,
-    SessionFilter,
     StoreStats,
-    TaskFilter,
-    key_getter,
-    make_page,
-    open_walk_page,
-    open_walk_start,
 )
 
 T = TypeVar("T")
@@ -66,7 +59,7 @@ _TASK_ID = TASK_COLUMNS.index("task_id")
 _JSON_ROWS = msgspec.json.Decoder(list[tuple])
 
 
-class MysqlReader:
+class MysqlReader(SqlReader):
     def __init__(self, settings: SinkSettings) -> None:
         url = urlsplit(settings.url)
         self._params: dict[str, Any] = {
@@ -98,28 +91,6 @@ class MysqlReader:
                 conn.close()
         except pymysql.err.MySQLError as exc:
             raise ReadError(f"mysql error {_code(exc)}: {exc.args[-1] if exc.args else exc}") from exc
-
-    def session(self, session_id: str) -> tuple | None:
-        rows = self._fetch_rows(self._sql.session_by_id, [session_id])
-        return rows[0] if rows else None
-
-    def task(self, task_id: str) -> tuple | None:
-        rows = self._fetch_rows(self._sql.task_by_id, [task_id])
-        return rows[0] if rows else None
-
-    def sessions(self, flt: SessionFilter, page: PageRequest) -> Page:
-        rows = self._fetch_rows(*self._sql.sessions(flt, page))
-        return make_page(rows, page.limit, key_getter(SESSION_COLUMNS, flt.order))
-
-    def count_sessions(self, flt: SessionFilter) -> int:
-        return int(self._fetch(*self._sql.count_sessions(flt))[0][0])
-
-    def tasks(self, flt: TaskFilter, page: PageRequest) -> Page:
-        rows = self._fetch_rows(*self._sql.tasks(flt, page))
-        return make_page(rows, page.limit, key_getter(TASK_COLUMNS, flt.order))
-
-    def count_tasks(self, flt: TaskFilter) -> int:
-        return int(self._fetch(*self._sql.count_tasks(flt))[0][0])
 
     def open_tasks(self, session_id: str, after: Key | None, limit: int) -> Page:
         # InnoDB secondary indexes end with the primary key, so (session_id, status)

@@ -8,8 +8,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
+from plugins.read_sql import ReadSql, SqlReader, make_page, open_walk_page, open_walk_start
 from plugins.reader import (
     AVERAGE_TASK_MS,
     READ_CONNECTIONS,
@@ -20,17 +20,9 @@ from plugins.reader import (
     ConnectionPool,
     Key,
     Page,
-    PageRequest,
     ReadError,
-    ReadSql,
     RecoveryCounts,
-    SessionFilter,
     StoreStats,
-    TaskFilter,
-    key_getter,
-    make_page,
-    open_walk_page,
-    open_walk_start,
 )
 
 T = TypeVar("T")
@@ -47,7 +39,7 @@ AVERAGE_SESSION_S = ("SELECT AVG((julianday(updated_at) - julianday(created_at))
                      " FROM translation_sessions WHERE status = 'completed'")
 
 
-class SqliteReader:
+class SqliteReader(SqlReader):
     def __init__(self, settings: SinkSettings) -> None:
         self._path = settings.url[len("sqlite:///"):]  # settings made it absolute
         self._timeout_s = settings.connect_timeout
@@ -72,28 +64,6 @@ class SqliteReader:
                 conn.close()
         except sqlite3.Error as exc:
             raise ReadError(f"sqlite: {exc}") from exc
-
-    def session(self, session_id: str) -> tuple | None:
-        rows = self._fetch(self._sql.session_by_id, [session_id])
-        return rows[0] if rows else None
-
-    def task(self, task_id: str) -> tuple | None:
-        rows = self._fetch(self._sql.task_by_id, [task_id])
-        return rows[0] if rows else None
-
-    def sessions(self, flt: SessionFilter, page: PageRequest) -> Page:
-        rows = self._fetch(*self._sql.sessions(flt, page))
-        return make_page(rows, page.limit, key_getter(SESSION_COLUMNS, flt.order))
-
-    def count_sessions(self, flt: SessionFilter) -> int:
-        return int(self._fetch(*self._sql.count_sessions(flt))[0][0])
-
-    def tasks(self, flt: TaskFilter, page: PageRequest) -> Page:
-        rows = self._fetch(*self._sql.tasks(flt, page))
-        return make_page(rows, page.limit, key_getter(TASK_COLUMNS, flt.order))
-
-    def count_tasks(self, flt: TaskFilter) -> int:
-        return int(self._fetch(*self._sql.count_tasks(flt))[0][0])
 
     def open_tasks(self, session_id: str, after: Key | None, limit: int) -> Page:
         # By rowid: the (session_id, status) index ends with it, so a chunk is one range, no sort.
