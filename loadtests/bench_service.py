@@ -109,8 +109,9 @@ class ServiceProc:
         self.reaper = reaper
         self.folder = folder
         self.ingest_port = free_port()
+        self.query_port = free_port()
         self.config = folder / "config.toml"
-        self.config.write_text(CONFIG.format(host=HOST, ingest_port=self.ingest_port, query_port=free_port(),
+        self.config.write_text(CONFIG.format(host=HOST, ingest_port=self.ingest_port, query_port=self.query_port,
                                              workers=workers, sync=sync, max_bytes=SPOOL_MAX_BYTES,
                                              sink_url=sink_url))
         self.log = folder / "service.log"

@@ -102,14 +102,13 @@ class ReadSql:
 
     With deferred_join, an OFFSET page first selects only primary keys (read
     from the index alone) and then joins the rows, so the skipped rows are
-    never read whole (page 50 of 20 sessions: 0.9 ms instead of 3 ms). First
-    pages and keyset pages read their rows directly: on MariaDB 10.11 the
-    join only added a temporary table (0.35 ms against 0.7 ms a page,
-    measured on 1M tasks for every filter and sort of the lists).
+    never read whole. First pages and keyset pages read their rows directly:
+    on MariaDB 10.11 the join only added a temporary table there.
 
     With json_rows, a row comes back as one JSON array (`JSON_ARRAY(...)`,
     decoded by the reader): pymysql then parses one column per row instead of
-    13 or 18, which halved the CPU of a 50-task page."""
+    13 or 18. loadtests/read_cost.py measures each choice against its
+    alternative ("statement forms")."""
 
     def __init__(self, ph: str, row_values: bool = False, deferred_join: bool = False,
                  json_rows: bool = False) -> None:

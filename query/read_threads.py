@@ -3,9 +3,9 @@ connection, so the event loop keeps answering (/health among others) while
 a slow read runs.
 
 A bare job queue and call_soon_threadsafe: anyio's to_thread (capacity
-limiter, cancel scopes, thread bookkeeping) cost a fifth of the query
-process's CPU per read. A read whose caller went away (client disconnected)
-still finishes in its thread; its result is dropped.
+limiter, cancel scopes, thread bookkeeping) was one of the largest items in
+a profile of the query process. A read whose caller went away (client
+disconnected) still finishes in its thread; its result is dropped.
 """
 
 from __future__ import annotations

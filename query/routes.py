@@ -66,16 +66,16 @@ def _session_tasks(reader: Reader, flt: TaskFilter, query: ListQuery, known: int
     return page, _total(page, query, known, lambda: reader.count_tasks(flt))
 
 
-async def _counted(request: Request, read: Callable[..., tuple[Page, int] | None], kind: str,
-                   flt: Any, query: ListQuery, *args: Any) -> tuple[Page, int] | None:
-    """Run a list read with the total this process already counted for the
-    same filter at the same sink version, and remember the one it counts."""
+async def _counted(request: Request, flt: Any, query: ListQuery,
+                   read: Callable[[int | None], tuple[Page, int] | None]) -> tuple[Page, int] | None:
+    """Run read(known total) with the total this process already counted for
+    the same filter at the same sink version, and remember the one it counts.
+    The filter is the key: SessionFilter and TaskFilter never compare equal."""
     counts: CountCache = request.state.counts
     version = request.state.spool.sink_version()
-    key = (kind, flt)
-    found = await _db(request, read, *args, flt, query, counts.get(version, key))
+    found = await _db(request, read, counts.get(version, flt))
     if found is not None and not query.cursor:
-        counts.put(version, key, found[1])
+        counts.put(version, flt, found[1])
     return found
 
 
@@ -88,7 +88,8 @@ def _list_page(query: ListQuery, page: Page, total: int, items: list[Any]) -> Li
 async def list_sessions(request: Request) -> Response:
     flt, query = params.session_list(request.query_params)
     reader: Reader = request.state.reader
-    found = await _counted(request, _page_and_total, "sessions", flt, query, reader.sessions, reader.count_sessions)
+    found = await _counted(request, flt, query, lambda known: _page_and_total(
+        reader.sessions, reader.count_sessions, flt, query, known))
     assert found is not None
     page, total = found
     return json_response(_list_page(query, page, total, [session_summary(r) for r in page.rows]))
@@ -105,7 +106,8 @@ async def get_session(request: Request) -> Response:
 async def list_session_tasks(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     flt, query = params.session_tasks(request.query_params, session_id)
-    found = await _counted(request, _session_tasks, "tasks", flt, query, request.state.reader)
+    reader: Reader = request.state.reader
+    found = await _counted(request, flt, query, lambda known: _session_tasks(reader, flt, query, known))
     if found is None:
         return _session_not_found(session_id)
     page, total = found
@@ -124,7 +126,8 @@ async def get_task(request: Request) -> Response:
 async def list_tasks(request: Request) -> Response:
     flt, query = params.task_list(request.query_params)
     reader: Reader = request.state.reader
-    found = await _counted(request, _page_and_total, "tasks", flt, query, reader.tasks, reader.count_tasks)
+    found = await _counted(request, flt, query, lambda known: _page_and_total(
+        reader.tasks, reader.count_tasks, flt, query, known))
     assert found is not None
     page, total = found
     return json_response(_list_page(query, page, total, [task_view(r) for r in page.rows]))
