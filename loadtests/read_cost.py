@@ -16,15 +16,27 @@ import random
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+import pymysql
 
 from loadtests.bench_read import API, RESTORE_SESSION, mixed, plan_requests, post_all
 from loadtests.bench_service import Reaper, ServiceProc
 from loadtests.loadgen import RawHttp
 from loadtests.mariadb_server import PrivateMariaDB
 from loadtests.procstat import proc_cpu_s, roles_of
+from core.records import TASK_COLUMNS
+from plugins.mysql_reader import AVERAGE_SESSION_S, CONVERSIONS, DATABASE_BYTES
+from plugins.read_sql import ReadSql
+from plugins.reader import (AVERAGE_TASK_MS, SESSION_STATUS_COUNTS, TASK_STATUS_COUNTS, PageRequest, SessionFilter,
+                            TaskFilter)
 
 HOST = "127.0.0.1"
+JSON_ROWS = msgspec.json.Decoder(list[tuple])  # as plugins.mysql_reader decodes JSON_ARRAY rows
 MIX = ("session list", "session detail", "session tasks page", "single task")  # as bench_read's 32-client run
 
 
@@ -69,17 +81,60 @@ def measure(service: ServiceProc, mariadb: PrivateMariaDB, port: int, paths: lis
     return per, wall * 1000 / len(paths)
 
 
+def _connect(url: str) -> pymysql.connections.Connection:
+    parts = urlsplit(url)
+    return pymysql.connect(host=parts.hostname, port=parts.port, user="root", database=parts.path.strip("/"),
+                           charset="utf8mb4", conv=CONVERSIONS, autocommit=True)
+
+
+def _median_ms(cur: Any, sql: str, params: list, repeats: int, decode: Callable[[list], Any]) -> tuple[float, float]:
+    """(wall ms, this process's CPU ms) per run of sql, fetched and decoded; medians."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
+        cur.execute(sql, params)
+        decode(cur.fetchall())
+        walls.append((time.perf_counter() - wall) * 1000)
+        cpus.append((time.process_time() - cpu) * 1000)
+    return sorted(walls)[repeats // 2], sorted(cpus)[repeats // 2]
+
+
+def print_statement_forms(url: str, session_id: str, repeats: int = 200) -> None:
+    """The choices of plugins/read_sql.py, each against its alternative: task
+    rows as one JSON array each or as 18 columns; a page's rows read directly
+    or through a deferred join (keys first, then rows)."""
+    json_sql, plain_sql = ReadSql("%s", deferred_join=True, json_rows=True), ReadSql("%s", deferred_join=True)
+    page = TaskFilter(session_id=session_id, by_layout=True)
+    columns = ", ".join(f"t.{c}" for c in TASK_COLUMNS)
+    order = "ORDER BY t.sheet_name, t.row_index, t.column_name, t.task_id"
+    deferred_first = (f"SELECT JSON_ARRAY({columns}) FROM (SELECT task_id FROM translation_tasks WHERE session_id = %s"
+                      f" {order.replace('t.', '')} LIMIT %s) k JOIN translation_tasks t ON t.task_id = k.task_id {order}")
+    sessions = SessionFilter()
+    offset_page = PageRequest(limit=20, offset=500)
+    conn = _connect(url)
+    try:
+        with conn.cursor() as cur:
+            cases = [
+                ("50-task page, 18 columns per row", *plain_sql.tasks(page, PageRequest(limit=50)), list),
+                ("50-task page, one JSON array per row (as run)", *json_sql.tasks(page, PageRequest(limit=50)),
+                 lambda rows: JSON_ROWS.decode("[" + ",".join(r[0] for r in rows) + "]")),
+                ("50-task first page, direct (as run)", *json_sql.tasks(page, PageRequest(limit=50)), list),
+                ("50-task first page, deferred join", deferred_first, [session_id, 51], list),
+                ("sessions page 26 by OFFSET, deferred (as run)", *json_sql.sessions(sessions, offset_page), list),
+                ("sessions page 26 by OFFSET, direct",
+                 *ReadSql("%s", json_rows=True).sessions(sessions, offset_page), list),
+            ]
+            print(f"statement forms, median of {repeats} runs (MariaDB wall ms, client CPU ms):")
+            for name, sql, params, decode in cases:
+                wall, cpu = _median_ms(cur, sql, params, repeats, decode)
+                print(f"  {name:<48}{wall:>7.2f} ms wall{cpu:>7.2f} ms CPU")
+    finally:
+        conn.close()
+
+
 def print_stats_costs(url: str, repeats: int = 5) -> None:
     """What each statement behind GET /stats costs on this database (median of repeats)."""
-    from urllib.parse import urlsplit
-
-    import pymysql
-
-    from plugins.mysql_reader import AVERAGE_SESSION_S, DATABASE_BYTES
-    from plugins.reader import AVERAGE_TASK_MS, SESSION_STATUS_COUNTS, TASK_STATUS_COUNTS
-
-    parts = urlsplit(url)
-    conn = pymysql.connect(host=parts.hostname, port=parts.port, user="root", database=parts.path.strip("/"))
+    conn = _connect(url)
     try:
         print("GET /stats statements, median of", repeats, "runs:")
         with conn.cursor() as cur:
@@ -114,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
         post_all(service.ingest_port, f"{API}/tasks/batch", task_bodies)
         if not service.flush_all(timeout=600):
             raise RuntimeError("the database did not catch up")
-        query_port = int(service.config.read_text().split("[query]")[1].split("port = ")[1].split()[0])
         rng = random.Random(3)
         n = args.requests
         others = args.tasks - args.restore_tasks
@@ -130,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
               f"restore session {RESTORE_SESSION})")
         print(f"{'read':<22}{'port':>6}{'wall':>8}{'ingest':>8}{'query':>8}{'mariadb':>9}{'client':>8}{'sum':>8}")
         for name, paths in endpoints.items():
-            for label, port in (("8001", service.ingest_port), ("8002", query_port)):
+            for label, port in (("8001", service.ingest_port), ("8002", service.query_port)):
                 per, wall = measure(service, mariadb, port, paths)
                 total = sum(per.values())
                 print(f"{name:<22}{label:>6}{wall:>8.2f}{per.get('ingest', 0):>8.2f}{per.get('query', 0):>8.2f}"
                       f"{per['mariadb']:>9.2f}{per['client']:>8.2f}{total:>8.2f}")
         print_stats_costs(mariadb.url("read_cost"))
+        print_statement_forms(mariadb.url("read_cost"), ids[1])
         if args.mix_seconds:
             def mix_path(r: random.Random) -> str:
                 return r.choice([paths for name, paths in endpoints.items() if name in MIX])[r.randrange(n)]
@@ -146,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mixed ({', '.join(MIX)}), 32 clients via 8001, {args.mix_seconds:.0f} s: {per_s:,.0f} reads/s;"
                   f" CPU ms per read: {cpu}")
         if args.keep_running:
-            print(f"service on {service.ingest_port} / {query_port} for {args.keep_running:.0f} s", flush=True)
+            print(f"service on {service.ingest_port} / {service.query_port} for {args.keep_running:.0f} s", flush=True)
             time.sleep(args.keep_running)
         return 0
     finally:
