@@ -41,13 +41,16 @@ def required_scope(method: str, path: str) -> str | None:
 class _Bucket:
     def __init__(self, rate_per_s: float) -> None:
         self.rate = rate_per_s
-        self.tokens = rate_per_s
+        # A burst of one second's requests, and never less than one request:
+        # a key allowed 0.5/s must be able to make its one request every 2 s.
+        self.capacity = max(1.0, rate_per_s)
+        self.tokens = self.capacity
         self.updated = time.monotonic()
 
     def take(self) -> float:
         """0 when a request may pass, else the seconds until one may."""
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
         self.updated = now
         if self.tokens >= 1:
             self.tokens -= 1

@@ -4,6 +4,7 @@ handlers for errors that are not any one route's."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -17,6 +18,23 @@ logger = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
 
 _CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE"}
+
+
+_AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
+
+
+def field_error(exc: msgspec.ValidationError) -> dict[str, str]:
+    """msgspec's error as API.md's {"field", "message"}: the field a missing
+    one would have, else the path msgspec names ("" for the body itself)."""
+    match = _AT.match(str(exc))
+    assert match is not None  # the pattern matches any text
+    message, path = match["message"], match["path"] or ""
+    missing = _MISSING.match(message)
+    if missing:
+        path = f"{path}.{missing['name']}" if path else missing["name"]
+        message = "required field is missing"
+    return {"field": path, "message": message}
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from core import VERSION
 from core.times import now_us
+from wal.health import stalled_seconds
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -80,8 +81,9 @@ def render(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:
     return text
 
 
-def spool_gauges(stats: Any, now_us: int) -> Iterator[Metric]:
-    """Gauges read from the spool at scrape time (stats: wal.types.SpoolStats)."""
+def spool_gauges(stats: Any, now_us: int, stalled_s: float = 0.0, stall_after_s: float = 30.0) -> Iterator[Metric]:
+    """Gauges read from the spool at scrape time (stats: wal.types.SpoolStats;
+    stalled_s: wal.health.stalled_seconds)."""
     records = GaugeMetricFamily("persistence_spool_records", "Records waiting in the spool.", labels=["kind"])
     records.add_metric(["session"], stats.pending_sessions)
     records.add_metric(["task"], stats.pending_tasks)
@@ -103,6 +105,12 @@ def spool_gauges(stats: Any, now_us: int) -> Iterator[Metric]:
                             "When the flusher last committed a batch (Unix time).", value=stats.last_flush_us / 1e6)
     yield GaugeMetricFamily("persistence_sink_up", "1 when the flusher's last contact with the database worked.",
                             value=int(stats.sink_healthy))
+    yield GaugeMetricFamily("persistence_flusher_stalled_seconds",
+                            "How long records have waited with nothing written while the database was not "
+                            "reported down (0 while the flusher makes progress).", value=stalled_s)
+    yield GaugeMetricFamily("persistence_flusher_stalled",
+                            "1 when persistence_flusher_stalled_seconds passed flush.stall_after (/health is unhealthy).",
+                            value=int(stalled_s >= stall_after_s))
 
 
 class _Callback:
@@ -137,7 +145,10 @@ def _is_alive(pid: int) -> bool:
 async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics on either app: every process's samples plus the spool's gauges."""
     stats = request.state.spool.stats()
-    return Response(render(lambda: spool_gauges(stats, now_us())), media_type=CONTENT_TYPE)
+    now = now_us()
+    stalled = stalled_seconds(stats, now)
+    return Response(render(lambda: spool_gauges(stats, now, stalled, request.state.stall_after)),
+                    media_type=CONTENT_TYPE)
 
 
 METRICS_ROUTES = [Route("/metrics", metrics_endpoint, methods=["GET"]),

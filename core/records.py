@@ -8,7 +8,8 @@ wal/FORMAT.md.
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -20,6 +21,13 @@ MAX_BATCH_ITEMS = 1000
 MAX_TEXT_BYTES = 65_535
 # A string of at most this many characters cannot exceed MAX_TEXT_BYTES in UTF-8.
 _SAFE_TEXT_CHARS = MAX_TEXT_BYTES // 4
+# Objects and arrays nest at most this deep in game_info and metadata (the
+# field's own object is level 1): MariaDB's JSON check refuses a 32nd level.
+MAX_JSON_DEPTH = 31
+# Times must fall, once converted to UTC, where both sinks' DATETIME(6) and
+# Python's datetime can hold them.
+MIN_TIME_US = to_us(datetime(1, 1, 1, tzinfo=UTC))
+MAX_TIME_US = to_us(datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC))
 
 SessionStatus = Literal["pending", "processing", "completed", "failed", "cancelled"]
 TaskStatus = Literal["pending", "processing", "completed", "failed"]
@@ -48,6 +56,9 @@ class Session(Struct, omit_defaults=True):
     processing_tasks: Count = 0
     updated_at: datetime | None = None
 
+    def __post_init__(self) -> None:
+        _refuse_unstorable(self)
+
 
 class Task(Struct, omit_defaults=True):
     task_id: Text64
@@ -69,11 +80,53 @@ class Task(Struct, omit_defaults=True):
     updated_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        # msgspec limits characters; MySQL TEXT limits UTF-8 bytes.
-        for name in ("source_text", "target_text", "context", "error_message"):
-            value = getattr(self, name)
-            if value is not None and len(value) > _SAFE_TEXT_CHARS and len(value.encode()) > MAX_TEXT_BYTES:
-                raise ValueError(f"`{name}` is longer than {MAX_TEXT_BYTES} bytes in UTF-8")
+        _refuse_unstorable(self)
+
+
+# -- limits msgspec's annotations cannot say: checked on every decode --------
+
+def text_problem(value: str | None) -> str | None:
+    """msgspec limits characters; MySQL TEXT limits UTF-8 bytes."""
+    if value is not None and len(value) > _SAFE_TEXT_CHARS and len(value.encode()) > MAX_TEXT_BYTES:
+        return f"is longer than {MAX_TEXT_BYTES} bytes in UTF-8"
+    return None
+
+
+def time_problem(value: datetime | None) -> str | None:
+    if value is not None and not MIN_TIME_US <= to_us(value) <= MAX_TIME_US:
+        return "is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z once converted to UTC"
+    return None
+
+
+def json_problem(value: Any) -> str | None:
+    if value is not None and _depth_exceeds(value, MAX_JSON_DEPTH):
+        return f"nests objects and arrays deeper than {MAX_JSON_DEPTH} levels"
+    return None
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    level = [value]
+    for _ in range(limit):
+        level = [child for v in level if isinstance(v, dict | list)
+                 for child in (v.values() if isinstance(v, dict) else v)]
+        if not level:
+            return False
+    return any(isinstance(v, dict | list) for v in level)
+
+
+FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    **dict.fromkeys(("source_text", "target_text", "context", "error_message"), text_problem),
+    **dict.fromkeys(("updated_at", "start_time", "end_time"), time_problem),
+    **dict.fromkeys(("game_info", "metadata"), json_problem),
+}
+
+
+def _refuse_unstorable(record: Struct) -> None:
+    for name in record.__struct_fields__:
+        check = FIELD_CHECKS.get(name)
+        problem = check(getattr(record, name)) if check else None
+        if problem:
+            raise ValueError(f"`{name}` {problem}")
 
 
 class SessionBatch(Struct):
@@ -93,9 +146,20 @@ class SetSessionStatus(Struct):
     status: SessionStatus
 
 
-class Cleanup(Struct):
+class CleanupCommand(Struct):
+    """The spooled cleanup: days may be fractional (retention's config)."""
     completed_days: Annotated[float, Meta(ge=0)] = 90
     failed_days: Annotated[float, Meta(ge=0)] = 30
+    dry_run: bool = False
+
+
+Days = Annotated[int, Meta(ge=0, le=3_650_000)]  # 10,000 years: far past any stored time
+
+
+class Cleanup(Struct):
+    """POST /sessions/cleanup's body: whole days, as API.md says."""
+    completed_days: Days = 90
+    failed_days: Days = 30
     dry_run: bool = False
 
 
@@ -107,7 +171,7 @@ KIND_DELETE_SESSION = 3
 KIND_SET_SESSION_STATUS = 4
 KIND_CLEANUP = 5
 COMMAND_TYPES: dict[int, type[Struct]] = {
-    KIND_DELETE_SESSION: DeleteSession, KIND_SET_SESSION_STATUS: SetSessionStatus, KIND_CLEANUP: Cleanup}
+    KIND_DELETE_SESSION: DeleteSession, KIND_SET_SESSION_STATUS: SetSessionStatus, KIND_CLEANUP: CleanupCommand}
 
 SESSION_DECODER = msgspec.json.Decoder(SessionBatch)
 TASK_DECODER = msgspec.json.Decoder(TaskBatch)

@@ -68,6 +68,7 @@ class FlushSettings(Struct, frozen=True, forbid_unknown_fields=True):
     orphan_grace: Annotated[float, Meta(ge=0)] = 600.0
     retry_initial: Seconds = 0.2
     retry_max: Seconds = 5.0
+    stall_after: Seconds = 30.0
 
 
 class SinkSettings(Struct, frozen=True, forbid_unknown_fields=True):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from msgspec import DecodeError, Struct
+import msgspec
+from msgspec import DecodeError, Struct, ValidationError
 
-from core.records import (KIND_SESSIONS, KIND_TASKS, SESSION_DECODER, TASK_DECODER, Session,
+from core.records import (JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, SESSION_DECODER, TASK_DECODER, Session,
                           SpoolEntry, Task, version_us)
 
 
@@ -24,8 +25,11 @@ class Item(Struct):
 
 
 class BadEntry(Struct):
+    """An entry, or one record of it (record_key and payload set), that cannot be decoded."""
     entry: SpoolEntry
     error: str
+    record_key: str = ""
+    payload: bytes = b""
 
 
 class Coalesced(Struct):
@@ -40,12 +44,16 @@ def coalesce(entries: list[SpoolEntry]) -> Coalesced:
     for entry in entries:
         try:
             records = _decode(entry)
+        except ValidationError:
+            # Valid when it was accepted, refused by today's rules: keep the good
+            # records, set the others apart one by one.
+            records = _decode_each(entry, out.bad)
         except DecodeError as exc:
             out.bad.append(BadEntry(entry, f"undecodable spool entry: {exc}"))
             continue
         target = out.sessions if entry.kind == KIND_SESSIONS else out.tasks
         for record in records:
-            key = record.session_id if entry.kind == KIND_SESSIONS else record.task_id
+            key = record.session_id if isinstance(record, Session) else record.task_id
             merge(target, Item(key, version_us(record, entry.received_at_us), entry.seq,
                                entry.received_at_us, record))
     return out
@@ -68,3 +76,23 @@ def _decode(entry: SpoolEntry) -> list[Session] | list[Task]:
     if entry.kind == KIND_TASKS:
         return TASK_DECODER.decode(entry.payload).tasks
     raise DecodeError(f"unknown entry kind {entry.kind}")
+
+
+def _decode_each(entry: SpoolEntry, bad: list[BadEntry]) -> list[Session | Task]:
+    """The records of an entry that decode; each one that does not goes to bad."""
+    record_type: type[Session] | type[Task] = Session if entry.kind == KIND_SESSIONS else Task
+    key_field = "session_id" if entry.kind == KIND_SESSIONS else "task_id"
+    body = msgspec.json.decode(entry.payload)
+    items = body.get("sessions" if entry.kind == KIND_SESSIONS else "tasks") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        bad.append(BadEntry(entry, "undecodable spool entry: no list of records"))
+        return []
+    records: list[Session | Task] = []
+    for raw in items:
+        try:
+            records.append(msgspec.convert(raw, record_type))
+        except ValidationError as exc:
+            key = raw.get(key_field) if isinstance(raw, dict) else None
+            bad.append(BadEntry(entry, f"invalid record: {exc}", key if isinstance(key, str) else "",
+                                JSON_ENCODER.encode(raw)))
+    return records

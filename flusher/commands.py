@@ -8,7 +8,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from core.records import COMMAND_TYPES, JSON_ENCODER, Cleanup, DeleteSession, SetSessionStatus, SpoolEntry
+from core.records import COMMAND_TYPES, JSON_ENCODER, CleanupCommand, DeleteSession, SetSessionStatus, SpoolEntry
 from core.times import db_text
 from plugins import Sink
 
@@ -30,17 +30,26 @@ def apply_command(entry: SpoolEntry, sink: Sink) -> Applied:
         return Applied({"status": "deleted", "session_id": command.session_id, "deleted_tasks": deleted},
                        deleted_session=command.session_id)
     if isinstance(command, SetSessionStatus):
-        found = sink.set_session_status(command.session_id, command.status, db_text(entry.received_at_us))
-        return Applied({"status": "updated" if found else "not_found", "session_id": command.session_id,
-                        "new_status": command.status})
-    assert isinstance(command, Cleanup)
+        change = sink.set_session_status(command.session_id, command.status, db_text(entry.received_at_us))
+        if change is None:
+            return Applied({"status": "not_found", "session_id": command.session_id})
+        if not change.applied:  # a write with a newer version reached the database first
+            return Applied({"status": "superseded", "session_id": command.session_id,
+                            "new_status": command.status, "current_status": change.status})
+        return Applied({"status": "updated", "session_id": command.session_id, "new_status": command.status})
+    assert isinstance(command, CleanupCommand)
     return Applied(cleanup(sink, command, entry.received_at_us))
 
 
-def cleanup(sink: Sink, command: Cleanup, now_us: int) -> dict:
+def cleanup(sink: Sink, command: CleanupCommand, now_us: int) -> dict:
     sessions, tasks = sink.cleanup(db_text(now_us - int(command.completed_days * DAY_US)),
                                    db_text(now_us - int(command.failed_days * DAY_US)), command.dry_run)
     return {"status": "completed", "deleted_sessions": sessions, "deleted_tasks": tasks, "dry_run": command.dry_run}
+
+
+def failed(entry: SpoolEntry, error: str) -> Applied:
+    """The result of a command the database refused for good (it is dead-lettered)."""
+    return Applied({"status": "failed", "error": error, "seq": entry.seq})
 
 
 def encode_result(applied: Applied) -> bytes:

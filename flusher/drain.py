@@ -1,11 +1,19 @@
 """One drain cycle: coalesce the entries read, hold orphan tasks, write to the
 sink in one transaction, then trim the spool (commit_drain). A crash anywhere
 before commit_drain replays the same entries; the sink's versioned upserts
-make the replay harmless."""
+make the replay harmless.
+
+No record can stop the drain: a record that cannot be decoded, converted to a
+row or written (the database refuses it, or the attempt raises an error
+nobody expected) is set apart as a dead letter with the error's text, and the
+rest of the batch goes on. Only a TransientSinkError (the database is away)
+leaves the entries in place, to be retried in order.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import msgspec
 from msgspec import Struct
@@ -15,8 +23,8 @@ from core.records import (COMMAND_TYPES, JSON_ENCODER, KIND_SESSIONS, KIND_TASKS
 from core.settings import FlushSettings
 from core.times import now_us
 from flusher.coalesce import Item, coalesce, merge
-from flusher.commands import apply_command, encode_result
-from plugins import RejectedRows, Sink
+from flusher.commands import apply_command, encode_result, failed
+from plugins import RejectedRows, Sink, TransientSinkError
 from wal import Spool
 from wal.types import DeadLetter, DrainCommit, HeldTask
 
@@ -24,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 KNOWN_SESSIONS_MAX = 200_000  # cache of session ids seen in the sink; cleared when full
 _TASK_DECODER = msgspec.json.Decoder(Task)
+Row = tuple
 
 
 class DrainReport(Struct):
@@ -38,10 +47,11 @@ class DrainReport(Struct):
 
 
 class Drainer:
-    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings) -> None:
+    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings, clock: Callable[[], int]) -> None:
         self._spool = spool
         self._sink = sink
         self._settings = settings
+        self._clock = clock  # the healthy clock (flusher/clock.py): orphans wait on it
         self._known_sessions: set[str] = set()
 
     def drain_once(self, entries: list[SpoolEntry], held: list[HeldTask] | None = None) -> DrainReport:
@@ -50,34 +60,57 @@ class Drainer:
         trimmed."""
         if entries and entries[0].kind in COMMAND_TYPES:
             return self._apply_command(entries[0])
+        held = held or []
         batch = coalesce(entries)
-        dead = [DeadLetter(b.entry.seq, b.entry.kind, "", b.entry.received_at_us, b.error, b.entry.payload)
-                for b in batch.bad]
-        released, expired = self._split_held(held or [])
-        for item in released:
+        dead = [DeadLetter(b.entry.seq, b.entry.kind, b.record_key, b.entry.received_at_us, b.error,
+                           b.payload or b.entry.payload) for b in batch.bad]
+        for item in self._held_items(held, dead):
             merge(batch.tasks, item)
-        dead.extend(expired)
         sessions = sorted(batch.sessions.values(), key=_key)
         writable, orphans = self._separate_orphans(sessions, sorted(batch.tasks.values(), key=_key))
-        rejected = self._write_isolating(sessions, writable)
+        session_rows = self._rows(sessions, dead)
+        task_rows = self._rows(writable, dead)
+        rejected = self._write_isolating(session_rows, task_rows)
         dead.extend(rejected)
-        self._known_sessions.update(i.key for i in sessions)
-        now = now_us()
-        hold = [HeldTask(i.key, i.record.session_id, i.received_at_us, now, _encode_task(i))
+        self._known_sessions.update(i.key for i, _ in session_rows)
+        orphans, expired = self._expire(orphans, {h.id: h for h in held})
+        dead.extend(expired)
+        now, clock = now_us(), self._clock()
+        hold = [HeldTask(i.key, i.record.session_id, i.received_at_us, now, _encode(i), held_at_clock_us=clock)
                 for i in orphans if not i.held_id]
         # An orphan already held stays where it is; released ones leave the table.
-        release = [h.id for h in held or [] if h.id not in {i.held_id for i in orphans}]
+        still_held = {i.held_id for i in orphans}
+        release = [h.id for h in held if h.id not in still_held]
         change = DrainCommit(
             through_seq=entries[-1].seq if entries else 0,
-            sessions_written=len(sessions) - _count(rejected, KIND_SESSIONS),
-            tasks_written=len(writable) - _count(rejected, KIND_TASKS),
+            sessions_written=len(session_rows) - _count(rejected, KIND_SESSIONS),
+            tasks_written=len(task_rows) - _count(rejected, KIND_TASKS),
             hold=hold, release=release, dead=dead)
         self._spool.commit_drain(change)
         return DrainReport(change.through_seq, change.sessions_written, change.tasks_written,
                            len(hold), len(release), len(dead), len(rejected), _count(dead, KIND_SESSIONS))
 
+    def set_aside(self, entry: SpoolEntry, error: BaseException) -> DrainReport:
+        """Dead-letter a whole entry that made a drain cycle fail in a way no
+        record-level isolation caught (a bug): the spool moves on past it."""
+        text = _error_text(error)
+        logger.error("spool entry %d (kind %d) set aside as a dead letter after %s",
+                     entry.seq, entry.kind, type(error).__name__)
+        results = [(entry.seq, encode_result(failed(entry, text)))] if entry.kind in COMMAND_TYPES else []
+        self._spool.commit_drain(DrainCommit(
+            through_seq=entry.seq, results=results,
+            dead=[DeadLetter(entry.seq, entry.kind, "", entry.received_at_us, text, entry.payload)]))
+        return DrainReport(entry.seq, 0, 0, 0, 0, 1, 0, int(entry.kind == KIND_SESSIONS))
+
     def _apply_command(self, entry: SpoolEntry) -> DrainReport:
-        applied = apply_command(entry, self._sink)
+        try:
+            applied = apply_command(entry, self._sink)
+        except TransientSinkError:
+            raise
+        except Exception as exc:  # refused for good, or a bug: the caller gets "failed", the spool moves on
+            if not isinstance(exc, RejectedRows):
+                logger.exception("command at seq %d failed", entry.seq)
+            return self.set_aside(entry, exc)
         drop_held = []
         if applied.deleted_session is not None:
             self._known_sessions.discard(applied.deleted_session)
@@ -86,20 +119,36 @@ class Drainer:
                                              drop_held=drop_held))
         return DrainReport(entry.seq, 0, 0, 0, 0, 0)
 
-    def _split_held(self, held: list[HeldTask]) -> tuple[list[Item], list[DeadLetter]]:
-        """Held tasks come back as items; those past orphan_grace become dead letters."""
-        grace_us = int(self._settings.orphan_grace * 1_000_000)
-        now = now_us()
-        items, expired = [], []
+    def _held_items(self, held: list[HeldTask], dead: list[DeadLetter]) -> list[Item]:
+        """Held tasks come back as items, to be checked against the sink again."""
+        items = []
         for h in held:
-            if now - h.held_since_us >= grace_us:
-                expired.append(DeadLetter(0, KIND_TASKS, h.task_id, h.received_at_us,
-                                          f"orphan: session {h.session_id!r} not found within "
-                                          f"orphan_grace ({self._settings.orphan_grace:g} s)", h.payload))
+            try:
+                task = _TASK_DECODER.decode(h.payload)
+                version = version_us(task, h.received_at_us)
+            except (msgspec.DecodeError, ValueError, OverflowError) as exc:
+                dead.append(DeadLetter(0, KIND_TASKS, h.task_id, h.received_at_us, f"invalid held task: {exc}",
+                                       h.payload))
                 continue
-            task = _TASK_DECODER.decode(h.payload)
-            items.append(Item(h.task_id, version_us(task, h.received_at_us), 0, h.received_at_us, task, h.id))
-        return items, expired
+            items.append(Item(h.task_id, version, 0, h.received_at_us, task, h.id))
+        return items
+
+    def _expire(self, orphans: list[Item], held: dict[int, HeldTask]) -> tuple[list[Item], list[DeadLetter]]:
+        """Orphans still without their session after orphan_grace of healthy
+        time (the sink reachable, the flusher running) become dead letters."""
+        grace_us = int(self._settings.orphan_grace * 1_000_000)
+        clock = self._clock()
+        keep, expired = [], []
+        for item in orphans:
+            waited = held.get(item.held_id)
+            if waited is not None and clock - waited.held_at_clock_us >= grace_us:
+                expired.append(DeadLetter(
+                    0, KIND_TASKS, item.key, item.received_at_us,
+                    f"orphan: session {item.record.session_id!r} not found within orphan_grace "
+                    f"({self._settings.orphan_grace:g} s of the database being reachable)", _encode(item)))
+            else:
+                keep.append(item)
+        return keep, expired
 
     def _separate_orphans(self, sessions: list[Item], tasks: list[Item]) -> tuple[list[Item], list[Item]]:
         present = {i.key for i in sessions} | self._known_sessions
@@ -117,45 +166,69 @@ class Drainer:
             self._known_sessions.clear()
         self._known_sessions.update(session_ids)
 
-    def _write_isolating(self, sessions: list[Item], tasks: list[Item]) -> list[DeadLetter]:
+    def _rows(self, items: list[Item], dead: list[DeadLetter]) -> list[tuple[Item, Row]]:
+        """Each item with its row; an item whose conversion fails becomes a dead letter."""
+        rows = []
+        for item in items:
+            try:
+                rows.append((item, _row(item)))
+            except Exception as exc:  # any conversion bug stays with its record
+                logger.error("record %s cannot be converted to a row (%s); dead-lettered", item.key,
+                             type(exc).__name__)
+                dead.append(_dead(item, _error_text(exc)))
+        return rows
+
+    def _write_isolating(self, sessions: list[tuple[Item, Row]], tasks: list[tuple[Item, Row]]) -> list[DeadLetter]:
         """Write in one transaction; if the database refuses the batch for
-        good, split it until the refused rows are alone and dead-letter them."""
+        good, or writing it raises an unexpected error, split it until the
+        failing rows are alone and dead-letter them."""
         if not sessions and not tasks:
             return []
         try:
-            self._sink.write([_row(i) for i in sessions], [_row(i) for i in tasks])
+            self._sink.write([r for _, r in sessions], [r for _, r in tasks])
             return []
-        except RejectedRows as exc:
+        except TransientSinkError:
+            raise
+        except Exception as exc:  # refused for good, or a bug met by some row: isolate it
             if len(sessions) + len(tasks) == 1:
-                item = (sessions or tasks)[0]
-                logger.warning("record %s refused by the database: %s", item.key, exc.reason)
-                return [_dead(item, exc.reason)]
+                item = (sessions or tasks)[0][0]
+                if isinstance(exc, RejectedRows):
+                    logger.warning("record %s refused by the database (%s); dead-lettered", item.key, exc.code)
+                else:
+                    logger.error("record %s could not be written (%s); dead-lettered", item.key,
+                                 type(exc).__name__)
+                return [_dead(item, exc.reason if isinstance(exc, RejectedRows) else _error_text(exc))]
         if sessions and tasks:
             return self._write_isolating(sessions, []) + self._write_isolating([], tasks)
-        items = sessions or tasks
-        half = len(items) // 2
+        pairs = sessions or tasks
+        half = len(pairs) // 2
         if sessions:
-            return self._write_isolating(items[:half], []) + self._write_isolating(items[half:], [])
-        return self._write_isolating([], items[:half]) + self._write_isolating([], items[half:])
+            return self._write_isolating(pairs[:half], []) + self._write_isolating(pairs[half:], [])
+        return self._write_isolating([], pairs[:half]) + self._write_isolating([], pairs[half:])
 
 
 def _key(item: Item) -> str:
     return item.key
 
 
-def _row(item: Item) -> tuple:
+def _row(item: Item) -> Row:
     make = task_row if isinstance(item.record, Task) else session_row
-    return make(item.record, item.version, item.first_received_us)
+    return make(item.record, item.version, item.first_received_us)  # type: ignore[arg-type]
 
 
-def _encode_task(item: Item) -> bytes:
+def _encode(item: Item) -> bytes:
     return JSON_ENCODER.encode(item.record)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _dead(item: Item, reason: str) -> DeadLetter:
     kind = KIND_TASKS if isinstance(item.record, Task) else KIND_SESSIONS
-    return DeadLetter(item.seq, kind, item.key, item.received_at_us, reason, JSON_ENCODER.encode(item.record))
+    return DeadLetter(item.seq, kind, item.key, item.received_at_us, reason, _encode(item))
 
 
 def _count(dead: list[DeadLetter], kind: int) -> int:
     return sum(1 for d in dead if d.kind == kind)
+

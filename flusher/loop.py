@@ -1,17 +1,24 @@
 """The flusher's loop: wait for a batch, drain it, retry transient sink
 errors with backoff (in order, skipping nothing), publish a heartbeat, and on
-stop drain what is left for at most shutdown_grace seconds."""
+stop drain what is left for at most shutdown_grace seconds.
+
+Errors of the spool itself (busy, disk full) are retried like transient sink
+errors. Any other error of a cycle is a bug met by some entry: the loop then
+drains the entries of that cycle one at a time, and an entry that fails
+alone is set aside as a dead letter, so no entry stops the spool."""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 
-from core.records import JSON_ENCODER, KIND_CLEANUP, Cleanup
+from core.records import JSON_ENCODER, KIND_CLEANUP, CleanupCommand, SpoolEntry
 from core.settings import FlushSettings, RetentionSettings
 from core.times import now_us
 from core import metrics
+from flusher.clock import HealthyClock
 from flusher.drain import Drainer, DrainReport
 from flusher.retry import Backoff
 from plugins import Sink, TransientSinkError
@@ -34,7 +41,10 @@ class Flusher:
         self._last_retention = time.monotonic()
         self._sink = sink
         self._settings = settings
-        self._drainer = Drainer(spool, sink, settings)
+        self._clock = HealthyClock(spool.healthy_clock_us())
+        self._drainer = Drainer(spool, sink, settings, self._clock.now_us)
+        self._isolate_through = 0  # drain one entry at a time up to this seq (after a failed cycle)
+        self._last_read_seq = 0
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._last_beat = 0.0
         self._last_held_check = 0.0
@@ -67,10 +77,16 @@ class Flusher:
             delay = self._backoff.next_delay()
             logger.warning("sink unavailable, retrying in %.2f s: %s", delay, exc)
             self._sleep(delay, stop if deadline is None else None, deadline)
-        except Exception:  # a bug: log with context and keep the service up; nothing is trimmed
+        except sqlite3.Error as exc:  # the spool itself (busy, disk full): retried, nothing skipped
             metrics.FLUSH_RETRIES.inc()
-            logger.exception("drain cycle failed; retrying")
-            self._sleep(self._backoff.next_delay(), stop if deadline is None else None, deadline)
+            delay = self._backoff.next_delay()
+            logger.warning("spool unavailable, retrying in %.2f s: %s", delay, exc)
+            self._sleep(delay, stop if deadline is None else None, deadline)
+        except Exception:  # a bug met by some entry of this cycle: find it by draining one entry at a time
+            metrics.FLUSH_RETRIES.inc()
+            logger.exception("drain cycle failed; draining entries through seq %d one at a time",
+                             self._last_read_seq)
+            self._isolate_through = max(self._isolate_through, self._last_read_seq)
 
     def _drain_ready(self, stopping: bool) -> bool:
         waiting = self._spool.waiting()
@@ -80,15 +96,32 @@ class Flusher:
         full = waiting.records >= self._settings.batch_rows
         if not (full or stopping or waiting.is_flush_requested or age_s >= self._settings.max_delay):
             return False
-        entries = self._spool.read(0, self._settings.batch_rows)
-        held = self._due_held()
-        with metrics.FLUSH_DURATION.time():
-            report = self._drainer.drain_once(entries, held)
-        _count(report)
+        if waiting.first_seq <= self._isolate_through:
+            self._drain_alone(self._spool.read(0, 1)[0])
+        else:
+            entries = self._spool.read(0, self._settings.batch_rows)
+            self._last_read_seq = entries[-1].seq
+            held = self._due_held()
+            with metrics.FLUSH_DURATION.time():
+                report = self._drainer.drain_once(entries, held)
+            _count(report)
         # Short of disk: truncate the WAL (its size is what ingest must keep free) so appends resume.
         self._spool.checkpoint(truncate=self._spool.is_short_of_disk())
         self._set_health(True, "")
         return True
+
+    def _drain_alone(self, entry: SpoolEntry) -> None:
+        """One entry by itself; if it fails, for any reason but the database
+        or the spool being away, it is set aside as a dead letter."""
+        self._last_read_seq = entry.seq
+        try:
+            report = self._drainer.drain_once([entry])
+        except (TransientSinkError, sqlite3.Error):
+            raise
+        except Exception as exc:  # this entry alone fails: the cause is in it
+            logger.exception("spool entry %d fails on its own", entry.seq)
+            report = self._drainer.set_aside(entry, exc)
+        _count(report)
 
     def _due_held(self) -> list:
         if time.monotonic() - self._last_held_check < HELD_RETRY_EVERY_S:
@@ -115,7 +148,8 @@ class Flusher:
 
     def _schedule_retention(self) -> None:
         # Through the spool like a client's cleanup, so it is ordered after every acknowledged write.
-        command = Cleanup(self._retention.completed_days, self._retention.failed_days)
+        assert self._retention is not None
+        command = CleanupCommand(self._retention.completed_days, self._retention.failed_days)
         (result,) = self._spool.append_many([Append(KIND_CLEANUP, JSON_ENCODER.encode(command), 1)])
         logger.info("scheduled retention cleanup: %s", result)
 
@@ -126,6 +160,7 @@ class Flusher:
         return healthy
 
     def _set_health(self, healthy: bool, error: str) -> None:
+        self._clock.tick(self._sink_healthy)  # the time until now counts by the health it had
         changed = (healthy, error) != (self._sink_healthy, self._sink_error)
         self._sink_healthy, self._sink_error = healthy, ("" if healthy else error)
         if changed or time.monotonic() - self._last_beat >= BEAT_EVERY_S:
@@ -133,7 +168,8 @@ class Flusher:
 
     def _beat(self) -> None:
         self._last_beat = time.monotonic()
-        self._spool.beat(self._sink_healthy, self._sink_error)
+        self._clock.tick(self._sink_healthy)
+        self._spool.beat(self._sink_healthy, self._sink_error, self._clock.now_us())
 
     def _sleep(self, seconds: float, stop: threading.Event | None, deadline: float | None) -> None:
         if deadline is not None:

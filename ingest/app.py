@@ -31,6 +31,7 @@ class State(TypedDict):
     body_timeout: float
     flush_timeout: float
     started_us: int
+    stall_after: float
 
 
 ROUTES = [
@@ -55,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Port8001:
         try:
             yield State(writer=writer, spool=spool, max_body_bytes=settings.ingest.max_body_bytes,
                         body_timeout=settings.ingest.body_timeout,
-                        flush_timeout=settings.ingest.flush_timeout, started_us=now_us())
+                        flush_timeout=settings.ingest.flush_timeout, started_us=now_us(),
+                        stall_after=settings.flush.stall_after)
         finally:
             writer.stop()
             spool.close()

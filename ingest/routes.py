@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -58,24 +59,37 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def flush(request: Request) -> Response:
-    """Waits until everything acknowledged before this call is in the sink."""
+    """Waits until everything acknowledged before this call is in the sink,
+    and says what the flusher did meanwhile: rows written to the database,
+    orphan tasks held for their session, records dead-lettered."""
     spool = request.state.spool
     started = time.monotonic()
     target = spool.last_seq()
-    sessions_before, tasks_before = spool.pending_counts(target)
+    before = spool.totals()
     if spool.flushed_seq() < target:
         spool.request_flush(target)
     deadline = started + request.state.flush_timeout
     while spool.flushed_seq() < target and time.monotonic() < deadline:
         await asyncio.sleep(FLUSH_POLL_S)
-    sessions_left, tasks_left = spool.pending_counts(target)
-    body = {
+    done = spool.totals().since(before)
+    body: dict[str, Any] = {
         "status": "flushed" if spool.flushed_seq() >= target else "error",
-        "sessions_written": sessions_before - sessions_left,
-        "tasks_written": tasks_before - tasks_left,
+        "sessions_written": done.sessions_written,
+        "tasks_written": done.tasks_written,
+        "tasks_held": done.tasks_held,
+        "dead_lettered": done.records_dead,
         "duration_ms": round((time.monotonic() - started) * 1000, 1),
     }
     if body["status"] == "flushed":
+        notes = []
+        if done.tasks_held:
+            notes.append(f"{done.tasks_held} task(s) are held until their session is stored (orphans; see "
+                         f"/health buffer.held_orphans)")
+        if done.records_dead:
+            notes.append(f"{done.records_dead} record(s) could not be stored and were moved to the dead letters "
+                         f"(GET /api/v1/system/dead-letters)")
+        if notes:
+            body["detail"] = "; ".join(notes) + "."
         return json_response(body)
     stats = spool.stats()
     reason = stats.sink_error or "the flusher has not caught up"
@@ -87,6 +101,7 @@ async def flush(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION)
+    status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION,
+                                 request.state.stall_after)
     return json_response(body, status)
 

@@ -10,11 +10,10 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from core.records import (KIND_SESSIONS, MAX_BATCH_ITEMS, MAX_TEXT_BYTES, SESSION_DECODER,
+from core.records import (FIELD_CHECKS, KIND_SESSIONS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH, SESSION_DECODER,
                           TASK_DECODER, Session, Task)
 
 _PATH_SUFFIX = re.compile(r" - at `\$[^`]*`$")
-_BYTE_LIMITED = ("source_text", "target_text", "context", "error_message")
 
 
 class FieldError(Struct):
@@ -37,6 +36,14 @@ class BatchInvalid(Exception):
 def validate_batch(kind: int, body: bytes) -> int:
     """Returns the number of records in a valid batch; raises BodyNotJson or
     BatchInvalid otherwise."""
+    try:
+        return _validate(kind, body)
+    except RecursionError:  # nested past Python's recursion limit, far deeper than any sink stores
+        raise BatchInvalid([FieldError("sessions" if kind == KIND_SESSIONS else "tasks",
+                                       f"objects and arrays nest deeper than {MAX_JSON_DEPTH} levels")]) from None
+
+
+def _validate(kind: int, body: bytes) -> int:
     decoder = SESSION_DECODER if kind == KIND_SESSIONS else TASK_DECODER
     try:
         batch = decoder.decode(body)
@@ -96,9 +103,8 @@ def _check_item(item: Any, item_type: type[Struct], path: str) -> list[FieldErro
 
 def _check_value(value: Any, field: msgspec.structs.FieldInfo) -> str | None:
     try:
-        msgspec.convert(value, field.type)
+        converted = msgspec.convert(value, field.type)
     except msgspec.ValidationError as exc:
         return _PATH_SUFFIX.sub("", str(exc))
-    if field.name in _BYTE_LIMITED and isinstance(value, str) and len(value.encode()) > MAX_TEXT_BYTES:
-        return f"longer than {MAX_TEXT_BYTES} bytes in UTF-8"
-    return None
+    check = FIELD_CHECKS.get(field.name)
+    return check(converted) if check else None

@@ -11,7 +11,7 @@ driver.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from core.settings import SinkSettings
@@ -28,11 +28,19 @@ class TransientSinkError(SinkError):
 
 class RejectedRows(SinkError):
     """The database refused the batch for good (bad value, constraint).
-    Nothing of the batch was committed; `reason` is the database's own text."""
+    Nothing of the batch was committed. `reason` is the database's own text,
+    which may quote the refused values: it goes to the dead-letter table only.
+    `code` names the error without them, for logs."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = code
+
+
+class StatusChange(NamedTuple):
+    applied: bool  # False: the stored record's version is newer than the change
+    status: str  # the status stored now
 
 
 class Sink(Protocol):
@@ -48,9 +56,9 @@ class Sink(Protocol):
         """Delete a session and all its tasks; the number of tasks deleted, or
         None when the session is not stored. Safe to replay."""
 
-    def set_session_status(self, session_id: str, status: str, version: str) -> bool:
+    def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         """Set only the status, unless the stored record has a newer version;
-        False when the session is not stored."""
+        None when the session is not stored."""
 
     def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:
         """Delete completed sessions updated before completed_before and failed

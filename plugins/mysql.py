@@ -17,14 +17,15 @@ from pymysql.constants import CLIENT
 
 from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
-from plugins import RejectedRows, TransientSinkError
+from plugins import RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
 # (splitting the batch fixes that one). 4025: MariaDB CHECK constraint;
-# 3819: MySQL CHECK constraint; 3140: MySQL invalid JSON.
-_REJECT_CODES = {1048, 1153, 1264, 1265, 1292, 1301, 1366, 1406, 3140, 3819, 4025}
+# 3819: MySQL CHECK constraint; 3140: MySQL invalid JSON; 1644: a trigger's
+# SIGNAL (an operator's own rule refusing the row).
+_REJECT_CODES = {1048, 1153, 1264, 1265, 1292, 1301, 1366, 1406, 1644, 3140, 3819, 4025}
 READ_TIMEOUT_S = 120
 DELETE_CHUNK = 5000
 CLEANUP_CHUNK = 100  # sessions per cleanup transaction
@@ -148,6 +149,9 @@ class MysqlSink:
         except pymysql.err.MySQLError as exc:
             self._rollback_or_drop(exc)
             raise _convert(exc) from exc
+        except Exception:
+            self._drop()  # a bug met mid-transaction: closing the connection discards what it wrote
+            raise
 
     def delete_session(self, session_id: str) -> int | None:
         def run(cur: pymysql.cursors.Cursor) -> int | None:
@@ -159,13 +163,18 @@ class MysqlSink:
             return deleted
         return self._run(run)
 
-    def set_session_status(self, session_id: str, status: str, version: str) -> bool:
-        def run(cur: pymysql.cursors.Cursor) -> bool:
-            # status is assigned before updated_at, so it still sees the old version.
-            return cur.execute(
-                "UPDATE translation_sessions SET status = IF(updated_at <= %s, %s, status),"
-                " updated_at = GREATEST(updated_at, %s) WHERE session_id = %s",
-                (version, status, version, session_id)) > 0
+    def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
+        def run(cur: pymysql.cursors.Cursor) -> StatusChange | None:
+            cur.execute("SELECT updated_at <= %s, status FROM translation_sessions WHERE session_id = %s"
+                        " FOR UPDATE", (version, session_id))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            if not row[0]:
+                return StatusChange(False, row[1])
+            cur.execute("UPDATE translation_sessions SET status = %s, updated_at = GREATEST(updated_at, %s)"
+                        " WHERE session_id = %s", (status, version, session_id))
+            return StatusChange(True, status)
         return self._run(run)
 
     def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:
@@ -291,7 +300,7 @@ def _max_statement_bytes(conn: pymysql.connections.Connection) -> int:
 def _convert(exc: pymysql.err.MySQLError) -> Exception:
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
     if isinstance(exc, pymysql.err.DataError | pymysql.err.IntegrityError) or code in _REJECT_CODES:
-        return RejectedRows(f"mysql error {code}: {exc.args[-1] if exc.args else exc}")
+        return RejectedRows(f"mysql error {code}: {exc.args[-1] if exc.args else exc}", f"mysql error {code}")
     # Connection loss, deadlock, lock wait timeout, server shutdown, and anything
     # unexpected: retry in order rather than drop data.
     return TransientSinkError(f"mysql error {code}: {exc.args[-1] if exc.args else exc}")

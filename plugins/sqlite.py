@@ -9,7 +9,7 @@ from pathlib import Path
 
 from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
-from plugins import RejectedRows, TransientSinkError
+from plugins import RejectedRows, StatusChange, TransientSinkError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS translation_sessions (
@@ -90,11 +90,17 @@ class SqliteSink:
             conn.execute("DELETE FROM translation_sessions WHERE session_id = ?", (session_id,))
             return deleted
 
-    def set_session_status(self, session_id: str, status: str, version: str) -> bool:
+    def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE translation_sessions SET status = CASE WHEN updated_at <= ?1 THEN ?2 ELSE status END,"
-                " updated_at = max(updated_at, ?1) WHERE session_id = ?3", (version, status, session_id)).rowcount > 0
+            row = conn.execute("SELECT updated_at <= ?, status FROM translation_sessions WHERE session_id = ?",
+                               (version, session_id)).fetchone()
+            if row is None:
+                return None
+            if not row[0]:
+                return StatusChange(False, row[1])
+            conn.execute("UPDATE translation_sessions SET status = ?, updated_at = max(updated_at, ?)"
+                         " WHERE session_id = ?", (status, version, session_id))
+            return StatusChange(True, status)
 
     def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:
         ids = [r[0] for r in self._conn.execute(
@@ -122,10 +128,12 @@ class SqliteSink:
             conn.execute("BEGIN IMMEDIATE")
             yield conn
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
+        except BaseException as exc:
+            if conn.in_transaction:  # whatever went wrong, the next transaction must start clean
                 conn.execute("ROLLBACK")
-            raise _convert(exc) from exc
+            if isinstance(exc, sqlite3.Error):
+                raise _convert(exc) from exc
+            raise
 
     def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
         ids = list(session_ids)
@@ -151,5 +159,5 @@ class SqliteSink:
 
 def _convert(exc: sqlite3.Error) -> Exception:
     if isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError):
-        return RejectedRows(str(exc))
+        return RejectedRows(f"sqlite: {exc}", f"sqlite {getattr(exc, 'sqlite_errorname', type(exc).__name__)}")
     return TransientSinkError(f"sqlite: {exc}")

@@ -46,6 +46,7 @@ API = "/api/v1/translation"
 class State(TypedDict):
     spool: Spool
     started_us: int
+    stall_after: float
     reader: Reader
     read_threads: ReadThreads
     stats_cache: StatsCache
@@ -53,7 +54,8 @@ class State(TypedDict):
 
 
 async def health(request: Request) -> Response:
-    status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION)
+    status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION,
+                                 request.state.stall_after)
     return json_response(body, status)
 
 
@@ -120,7 +122,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         preparing = asyncio.create_task(_prepare(sink_settings, reader))
         threads = ReadThreads(READ_CONNECTIONS)
         try:
-            yield State(spool=spool, started_us=now_us(), reader=reader,
+            yield State(spool=spool, started_us=now_us(), stall_after=settings.flush.stall_after, reader=reader,
                         read_threads=threads, stats_cache=StatsCache(settings.query.stats_cache),
                         counts=CountCache())
         finally:

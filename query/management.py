@@ -16,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.http import error_response, json_response
+from core.http import error_response, field_error, json_response
 from core.records import (
     JSON_ENCODER,
     KIND_CLEANUP,
     KIND_DELETE_SESSION,
     KIND_SET_SESSION_STATUS,
     Cleanup,
+    CleanupCommand,
     DeleteSession,
     SessionStatus,
     SetSessionStatus,
@@ -96,9 +97,10 @@ def management_routes(settings: Settings) -> list[Route]:
                        session_id)
 
     async def cleanup(request: Request) -> Response:
-        command = await _decode(request, Cleanup, allow_empty=True)
-        if isinstance(command, Response):
-            return command
+        body = await _decode(request, Cleanup, allow_empty=True)
+        if isinstance(body, Response):
+            return body
+        command = CleanupCommand(body.completed_days, body.failed_days, body.dry_run)
         return _answer(await queue.run(KIND_CLEANUP, command), None)
 
     base = "/api/v1/translation/sessions"
@@ -116,6 +118,15 @@ def _answer(result: dict[str, Any] | None, session_id: str | None) -> Response:
                                         "answers."}, 202)
     if result.get("status") == "not_found":
         return _session_not_found(result["session_id"])
+    if result.get("status") == "superseded":
+        return error_response(
+            409, f"Not applied: a write with a newer version (updated_at) reached the database first and its "
+                 f"status {result['current_status']!r} stays.", "SUPERSEDED", session_id=result["session_id"],
+            requested_status=result["new_status"], current_status=result["current_status"])
+    if result.get("status") == "failed":
+        return error_response(500, "The database refused this command for good; it was moved to the dead "
+                                   "letters (GET /api/v1/system/dead-letters) and can be retried there.",
+                              "COMMAND_FAILED", seq=result["seq"])
     return json_response(result)
 
 
@@ -132,8 +143,7 @@ async def _decode(request: Request, kind: type[Struct], allow_empty: bool = Fals
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
-        field = str(exc).rsplit("`$.", 1)[-1].rstrip("`") if "`$." in str(exc) else ""
         return error_response(422, "The request was not accepted: fix the fields listed in errors.",
-                              "VALIDATION_ERROR", [{"field": field, "message": str(exc).split(" - at ")[0]}])
+                              "VALIDATION_ERROR", [field_error(exc)])
     except msgspec.DecodeError as exc:
         return error_response(400, f"the body is not valid JSON: {exc}", "INVALID_JSON")

@@ -36,8 +36,10 @@ class Accepted(Struct):
 class FlushResult(Struct):
     """200 with status flushed; 503 with status error, detail and error_code."""
     status: Literal["flushed", "error"]
-    sessions_written: int
+    sessions_written: int  # rows written to the database while the call waited
     tasks_written: int
+    tasks_held: int  # orphan tasks set aside until their session is stored
+    dead_lettered: int  # records moved to the dead letters
     duration_ms: float
     detail: str | None = None
     error_code: str | None = None

@@ -22,7 +22,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from core.http import error_response, json_response
-from core.records import JSON_ENCODER, KIND_SESSIONS, KIND_TASKS
+from core.records import (JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SESSIONS, KIND_SET_SESSION_STATUS,
+                          KIND_TASKS)
 from core.redact import redact
 from core.settings import Settings, SpoolSettings
 from core.times import iso_z
@@ -44,7 +45,8 @@ SYSTEM = "/api/v1/system"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BODY_BYTES = 1024 * 1024  # a selection of ids; 100k ids fit
-_KIND_NAMES = {KIND_SESSIONS: "session", KIND_TASKS: "task"}
+_KIND_NAMES = {KIND_SESSIONS: "session", KIND_TASKS: "task", KIND_DELETE_SESSION: "delete_session",
+               KIND_SET_SESSION_STATUS: "set_session_status", KIND_CLEANUP: "cleanup"}
 _SELECTION = msgspec.json.Decoder(DeadLetterSelection)
 _CHOOSE = 'send either {"ids": [...]} with at least one id, or {"all": true}'
 

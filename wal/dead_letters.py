@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from core.records import JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, Session, SessionBatch, Task, TaskBatch
+from core.records import COMMAND_TYPES, JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, Session, SessionBatch, Task, TaskBatch
 from core.times import from_us, now_us
 from wal.spool import Spool, _rollback
 from wal.types import DeadLetter, SpoolFull
@@ -113,6 +113,8 @@ def _retry_chunk(spool: Spool, report: RetryReport, where: str, params: list[int
 
 def _entry(dead: DeadLetter) -> _Entry | str:
     """The spool entry that replays this dead letter, or why there is none."""
+    if dead.kind in COMMAND_TYPES:  # a command the database refused: replayed as it was
+        return _Entry(dead.kind, dead.payload, 1)
     if dead.kind not in _RECORD_DECODERS:
         return f"kind {dead.kind} is not a record kind"
     records = _records(dead.kind, dead.payload)
@@ -159,7 +161,8 @@ def _move(conn: sqlite3.Connection, entries: list[tuple[int, _Entry]], max_bytes
     for offset, (_, entry) in enumerate(entries):
         conn.execute("INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",
                      (entry.kind, received + offset, entry.record_count, entry.payload))
-        added[entry.kind] += entry.record_count
+        if entry.kind in added:  # commands are not counted as records waiting
+            added[entry.kind] += entry.record_count
     conn.execute("UPDATE state SET clock_us = ?, live_bytes = live_bytes + ?, live_sessions = live_sessions + ?,"
                  " live_tasks = live_tasks + ?",
                  (received + len(entries) - 1, size, added[KIND_SESSIONS], added[KIND_TASKS]))

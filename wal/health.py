@@ -13,19 +13,40 @@ from wal.types import SpoolStats
 FLUSHER_STALE_US = 15_000_000
 
 
-def health_report(stats: SpoolStats, started_us: int, version: str) -> tuple[int, dict[str, Any]]:
+def stalled_seconds(stats: SpoolStats, now: int) -> float:
+    """How long records have waited while the flusher wrote nothing, unless
+    a running flusher reports the database down (an outage, not a stall); 0
+    when nothing waits."""
+    if not stats.oldest_received_us:
+        return 0.0
+    flusher_alive = now - stats.heartbeat_us < FLUSHER_STALE_US
+    if flusher_alive and not stats.sink_healthy:
+        return 0.0
+    return max(0.0, (now - max(stats.last_flush_us, stats.oldest_received_us)) / 1e6)
+
+
+def health_report(stats: SpoolStats, started_us: int, version: str,
+                  stall_after_s: float) -> tuple[int, dict[str, Any]]:
     now = now_us()
     flusher_alive = now - stats.heartbeat_us < FLUSHER_STALE_US
     database_ok = flusher_alive and stats.sink_healthy
-    accepting = not stats.is_refusing
-    if not accepting:
+    stalled_s = stalled_seconds(stats, now)
+    reason = None
+    if stats.is_refusing:
+        status, reason = "unhealthy", "the spool is full: writes are refused until the flusher frees space"
+    elif stalled_s >= stall_after_s:
         status = "unhealthy"
+        reason = (f"the flusher has written nothing for {stalled_s:.0f} s while "
+                  f"{stats.pending_sessions + stats.pending_tasks} records wait"
+                  + ("" if flusher_alive else " (the flusher is not running)"))
     elif not database_ok:
         status = "degraded"
+        reason = stats.sink_error or ("the flusher is not running" if not flusher_alive else None)
     else:
         status = "healthy"
     body = {
         "status": status,
+        "reason": reason,
         "database": "healthy" if database_ok else "unhealthy",
         "buffer": {
             "sessions_count": stats.pending_sessions,
@@ -40,8 +61,9 @@ def health_report(stats: SpoolStats, started_us: int, version: str) -> tuple[int
             "dead_letters": stats.dead_letters,
             "disk_free_bytes": stats.disk_free_bytes,
         },
-        "flusher": {"alive": flusher_alive, "sink_error": stats.sink_error or None},
+        "flusher": {"alive": flusher_alive, "sink_error": stats.sink_error or None,
+                    "stalled_seconds": round(stalled_s, 3)},
         "uptime_seconds": round((now - started_us) / 1e6, 3),
         "version": version,
     }
-    return (200 if accepting else 503), body
+    return (200 if status != "unhealthy" else 503), body

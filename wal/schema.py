@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 SCHEMA_V1 = """
 CREATE TABLE entries (
@@ -58,6 +58,16 @@ CREATE TABLE dead_letters (
 );
 """
 
+# Format 2: orphans wait on the flusher's healthy clock (flusher/clock.py), and
+# the spool counts what it held and dead-lettered, so POST /flush can say so.
+MIGRATE_TO_V2 = """
+ALTER TABLE state ADD COLUMN healthy_clock_us INTEGER NOT NULL DEFAULT 0;  -- time the sink was reachable
+ALTER TABLE state ADD COLUMN tasks_held INTEGER NOT NULL DEFAULT 0;        -- totals since the spool was created
+ALTER TABLE state ADD COLUMN records_dead INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE held ADD COLUMN held_at_clock_us INTEGER NOT NULL DEFAULT 0;   -- healthy_clock_us when held
+"""
+MIGRATIONS = {2: MIGRATE_TO_V2}
+
 
 # The flusher checkpoints after each trim (Spool.checkpoint); a commit checkpoints by
 # itself only if the WAL passes this many pages (~400 MB): a safety net for
@@ -82,7 +92,8 @@ def apply_pragmas(conn: sqlite3.Connection, sync: str) -> None:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Create the schema on a new file; refuse a file from a newer format."""
+    """Create the schema on a new file, bring an older one up to date (in
+    one transaction); refuse a file from a newer format."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -92,6 +103,11 @@ def migrate(conn: sqlite3.Connection) -> None:
         if version == 0:
             for statement in _statements(SCHEMA_V1):
                 conn.execute(statement)
+            version = 1
+        for target in range(version + 1, FORMAT_VERSION + 1):
+            for statement in _statements(MIGRATIONS[target]):
+                conn.execute(statement)
+        if version < FORMAT_VERSION:
             conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
         conn.execute("COMMIT")
     except BaseException:

@@ -19,7 +19,7 @@ from core.settings import SpoolSettings
 from core.times import now_us
 from wal import schema
 from wal.types import (Append, DeadLetter, DrainCommit, HeldTask, SpoolBusy, SpoolCorrupt, SpoolError,
-                       SpoolFull, SpoolStats, Waiting)
+                       SpoolFull, SpoolStats, Totals, Waiting)
 
 logger = logging.getLogger(__name__)
 
@@ -164,13 +164,10 @@ class Spool:
         row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'entries'").fetchone()
         return row[0] if row else 0
 
-    def pending_counts(self, through_seq: int) -> tuple[int, int]:
-        """(sessions, tasks) still waiting in entries with seq <= through_seq."""
-        rows = self._conn.execute(
-            "SELECT kind, sum(record_count) FROM entries WHERE seq <= ? GROUP BY kind",
-            (through_seq,)).fetchall()
-        counts = dict(rows)
-        return counts.get(KIND_SESSIONS, 0), counts.get(KIND_TASKS, 0)
+    def totals(self) -> Totals:
+        """What the flusher has done since the spool was created."""
+        return Totals(*self._conn.execute(
+            "SELECT sessions_written, tasks_written, tasks_held, records_dead FROM state").fetchone())
 
     def flushed_seq(self) -> int:
         """Every entry with seq <= this is committed to the sink."""
@@ -221,10 +218,10 @@ class Spool:
         try:
             records, requested, flushed = conn.execute(
                 "SELECT live_sessions + live_tasks, flush_requested_seq, flushed_seq FROM state").fetchone()
-            oldest = conn.execute("SELECT received_at_us FROM entries ORDER BY seq LIMIT 1").fetchone()
+            oldest = conn.execute("SELECT received_at_us, seq FROM entries ORDER BY seq LIMIT 1").fetchone()
         finally:
             conn.execute("COMMIT")
-        return Waiting(records, oldest[0] if oldest else 0, requested > flushed)
+        return Waiting(records, oldest[0] if oldest else 0, requested > flushed, oldest[1] if oldest else 0)
 
     def commit_drain(self, change: DrainCommit) -> None:
         """After a sink commit: trim entries through change.through_seq, record
@@ -238,12 +235,15 @@ class Spool:
             now = now_us()
             conn.execute(
                 "UPDATE state SET flushed_seq = max(flushed_seq, ?), last_flush_us = ?, heartbeat_us = ?,"
-                " sessions_written = sessions_written + ?, tasks_written = tasks_written + ?",
-                (change.through_seq, now, now, change.sessions_written, change.tasks_written))
+                " sessions_written = sessions_written + ?, tasks_written = tasks_written + ?,"
+                " tasks_held = tasks_held + ?, records_dead = records_dead + ?",
+                (change.through_seq, now, now, change.sessions_written, change.tasks_written,
+                 len(change.hold), len(change.dead)))
             conn.executemany(
-                "INSERT INTO held (task_id, session_id, received_at_us, held_since_us, payload)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(h.task_id, h.session_id, h.received_at_us, h.held_since_us, h.payload) for h in change.hold])
+                "INSERT INTO held (task_id, session_id, received_at_us, held_since_us, payload, held_at_clock_us)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(h.task_id, h.session_id, h.received_at_us, h.held_since_us, h.payload, h.held_at_clock_us)
+                 for h in change.hold])
             conn.executemany("DELETE FROM held WHERE id = ?", [(i,) for i in change.release])
             conn.executemany("DELETE FROM held WHERE session_id = ? AND received_at_us < ?", change.drop_held)
             conn.executemany("INSERT OR REPLACE INTO command_results (seq, done_at_us, result) VALUES (?, ?, ?)",
@@ -278,21 +278,27 @@ class Spool:
     def held(self, limit: int = 10_000) -> list[HeldTask]:
         """Held orphan tasks, oldest first."""
         rows = self._conn.execute(
-            "SELECT task_id, session_id, received_at_us, held_since_us, payload, id FROM held"
+            "SELECT task_id, session_id, received_at_us, held_since_us, payload, id, held_at_clock_us FROM held"
             " ORDER BY id LIMIT ?", (limit,)).fetchall()
         return [HeldTask(*row) for row in rows]
 
     def held_count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM held").fetchone()[0]
 
-    def beat(self, sink_healthy: bool, sink_error: str = "") -> None:
-        """Publish the flusher's liveness and the sink's health. Best effort: on a
-        full disk or a busy spool the flusher must go on draining, not stop."""
+    def beat(self, sink_healthy: bool, sink_error: str = "", healthy_clock_us: int | None = None) -> None:
+        """Publish the flusher's liveness, the sink's health and the healthy
+        clock. Best effort: on a full disk or a busy spool the flusher must go
+        on draining, not stop."""
         try:
-            self._write("UPDATE state SET heartbeat_us = ?, sink_healthy = ?, sink_error = ?",
-                        (now_us(), int(sink_healthy), sink_error[:500]))
+            self._write("UPDATE state SET heartbeat_us = ?, sink_healthy = ?, sink_error = ?,"
+                        " healthy_clock_us = coalesce(?, healthy_clock_us)",
+                        (now_us(), int(sink_healthy), sink_error[:500], healthy_clock_us))
         except sqlite3.Error as exc:
             logger.warning("could not publish the flusher heartbeat: %s", exc)
+
+    def healthy_clock_us(self) -> int:
+        """Where the flusher's healthy clock stood at its last beat."""
+        return self._conn.execute("SELECT healthy_clock_us FROM state").fetchone()[0]
 
     # -- dead letters ---------------------------------------------------------
 
@@ -333,7 +339,8 @@ class Spool:
         try:
             state = conn.execute(
                 "SELECT live_sessions, live_tasks, live_bytes, flushed_seq, last_flush_us, heartbeat_us,"
-                " sink_healthy, sink_error, sessions_written, tasks_written, refused_at_us FROM state").fetchone()
+                " sink_healthy, sink_error, sessions_written, tasks_written, refused_at_us, tasks_held,"
+                " records_dead FROM state").fetchone()
             oldest = conn.execute("SELECT received_at_us FROM entries ORDER BY seq LIMIT 1").fetchone()
             held = conn.execute("SELECT count(*) FROM held").fetchone()[0]
             dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
@@ -347,7 +354,7 @@ class Spool:
             heartbeat_us=state[5], sink_healthy=bool(state[6]), sink_error=state[7],
             held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9],
             is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes or disk_free < reserved,
-            disk_free_bytes=disk_free)
+            disk_free_bytes=disk_free, tasks_held=state[11], records_dead=state[12])
 
     def is_short_of_disk(self) -> bool:
         """Free space within one margin of the headroom ingest keeps: appends

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 from msgspec import Struct
 
 RETRY_AFTER_FULL_S = 2
@@ -48,6 +49,7 @@ class HeldTask(Struct, frozen=True):
     held_since_us: int
     payload: bytes
     id: int = 0
+    held_at_clock_us: int = 0  # the flusher's healthy clock when it was held (flusher/clock.py)
 
 
 class DeadLetter(Struct, frozen=True):
@@ -74,10 +76,21 @@ class DrainCommit(Struct):
     drop_held: list[tuple[str, int]] = []  # (session_id, received before): orphans of a deleted session
 
 
+class Totals(Struct, frozen=True):
+    sessions_written: int
+    tasks_written: int
+    tasks_held: int  # orphans set aside until their session exists
+    records_dead: int  # records moved to the dead letters
+
+    def since(self, before: Totals) -> Totals:
+        return Totals(*(a - b for a, b in zip(msgspec.structs.astuple(self), msgspec.structs.astuple(before))))
+
+
 class Waiting(Struct, frozen=True):
     records: int
     oldest_received_us: int  # 0 when nothing waits
     is_flush_requested: bool
+    first_seq: int = 0  # of the oldest entry; 0 when nothing waits
 
 
 class SpoolStats(Struct, frozen=True):
@@ -98,3 +111,5 @@ class SpoolStats(Struct, frozen=True):
     tasks_written: int
     is_refusing: bool  # full: a batch was refused for space and nothing has been trimmed since, or no disk left
     disk_free_bytes: int = 0
+    tasks_held: int = 0  # totals since the spool was created
+    records_dead: int = 0

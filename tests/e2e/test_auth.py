@@ -11,7 +11,7 @@ import pytest
 from tests.harness import TASKS, session, task, wait_for
 
 KEYS = {"writer": "w-secret-0123456789", "reader": "r-secret-0123456789", "admin": "a-secret-0123456789",
-        "slow": "s-secret-0123456789"}
+        "slow": "s-secret-0123456789", "trickle": "t-secret-0123456789"}
 AUTH = f"""
 [auth]
 keys = [
@@ -19,6 +19,7 @@ keys = [
   {{ name = "reader", sha256 = "{hashlib.sha256(KEYS['reader'].encode()).hexdigest()}", scopes = ["read"] }},
   {{ name = "admin", sha256 = "{hashlib.sha256(KEYS['admin'].encode()).hexdigest()}", scopes = ["admin"] }},
   {{ name = "slow", sha256 = "{hashlib.sha256(KEYS['slow'].encode()).hexdigest()}", scopes = ["write"], rate_per_s = 2 }},
+  {{ name = "trickle", sha256 = "{hashlib.sha256(KEYS['trickle'].encode()).hexdigest()}", scopes = ["write"], rate_per_s = 0.5 }},
 ]
 """
 
@@ -62,6 +63,17 @@ def test_rate_limit_answers_429_with_retry_after(secured) -> None:
     assert limited, [r.status_code for r in answers]
     assert limited[0].json()["error_code"] == "RATE_LIMITED" and int(limited[0].headers["Retry-After"]) >= 1
     assert all(r.status_code in (202, 429) for r in answers)
+
+
+def test_rate_below_one_per_second_allows_one_request_per_interval(secured) -> None:
+    # 0.5/s: one request every 2 s (per ingest process: the test service runs 2).
+    def put(i: int) -> int:
+        return secured.post(TASKS, {"tasks": [task(f"tr-{i}", "s-1")]}, headers=_h("trickle")).status_code
+
+    burst = [put(i) for i in range(6)]
+    assert burst.count(202) in (1, 2) and burst.count(429) >= 4, burst
+    time.sleep(2.2)
+    assert put(10) == 202
 
 
 def test_slow_body_is_cut_off_with_408(secured) -> None:

@@ -10,7 +10,7 @@ import pytest
 from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
 from core.times import db_text
-from plugins import RejectedRows, Sink, open_sink
+from plugins import RejectedRows, Sink, StatusChange, open_sink
 from plugins.mysql_literal import statements
 from tests.harness import sink_rows
 
@@ -107,13 +107,14 @@ def test_delete_session_removes_its_tasks_only(sink: Sink, sink_url: str) -> Non
 
 def test_set_session_status_respects_versions(sink: Sink, sink_url: str) -> None:
     sink.write([_session("s-1", T0 + 100)], [])
-    assert sink.set_session_status("s-1", "processing", db_text(T0 + 100)) is True  # same status: still found
-    assert sink.set_session_status("s-1", "failed", db_text(T0 + 50)) is True  # older: no change
+    assert sink.set_session_status("s-1", "processing", db_text(T0 + 100)) == StatusChange(True, "processing")
+    # An older change is not applied, and says so with the status that stays.
+    assert sink.set_session_status("s-1", "failed", db_text(T0 + 50)) == StatusChange(False, "processing")
     assert sink_rows(sink_url, "translation_sessions")[0]["status"] == "processing"
-    assert sink.set_session_status("s-1", "completed", db_text(T0 + 200)) is True
+    assert sink.set_session_status("s-1", "completed", db_text(T0 + 200)) == StatusChange(True, "completed")
     row = sink_rows(sink_url, "translation_sessions")[0]
     assert row["status"] == "completed" and str(row["updated_at"]).startswith(db_text(T0 + 200)[:19])
-    assert sink.set_session_status("nope", "completed", db_text(T0)) is False
+    assert sink.set_session_status("nope", "completed", db_text(T0)) is None
 
 
 def test_cleanup_by_status_and_age(sink: Sink, sink_url: str) -> None:
