@@ -72,6 +72,8 @@ class SpoolWriter:
             self._opened.set()
             return
         self._opened.set()
+        # As SQLite applies them to this connection: what an acknowledgement promises.
+        logger.info("spool writer open: journal_mode=%s synchronous=%s", *spool.durability())
         try:
             while self._commit_next(spool):
                 pass

@@ -63,6 +63,12 @@ class Spool:
     def close(self) -> None:
         self._conn.close()
 
+    def durability(self) -> tuple[str, str]:
+        """(journal_mode, synchronous) in force on this connection, as SQLite reports them."""
+        mode = self._conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = self._conn.execute("PRAGMA synchronous").fetchone()[0]
+        return mode, {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(sync, str(sync))
+
     def begin_write(self) -> None:
         """BEGIN IMMEDIATE, waiting at most busy_timeout for the write lock.
 

@@ -88,3 +88,28 @@ def test_scheduled_retention(service_factory, tmp_path) -> None:
     assert svc.flush().status_code == 200
     wait_for(lambda: [r["session_id"] for r in sink_rows(svc.sink_url, "translation_sessions")] == ["fresh"],
              15, "the scheduled cleanup to delete the old session")
+
+
+def test_patch_status_says_when_a_newer_write_keeps_the_old_status(service) -> None:
+    # The stored record's version (its updated_at) is newer than the moment the PATCH is applied.
+    service.post_sessions([session("s-1", status="processing", updated_at="2999-01-01T00:00:00Z")])
+    r = _q(service, "PATCH", f"{BASE}/s-1/status", json={"status": "completed"})
+    assert r.status_code == 409, r.text
+    assert r.json()["error_code"] == "SUPERSEDED"
+    assert (r.json()["requested_status"], r.json()["current_status"]) == ("completed", "processing")
+    assert sink_rows(service.sink_url, "translation_sessions")[0]["status"] == "processing"
+
+
+def test_management_bodies_name_the_bad_field_and_change_nothing(service) -> None:
+    old = "2020-01-01T00:00:00Z"
+    service.post_sessions([session("old-done", status="completed", updated_at=old)])
+    assert service.flush().status_code == 200
+    missing = _q(service, "PATCH", f"{BASE}/old-done/status", json={})
+    assert missing.status_code == 422
+    assert missing.json()["errors"] == [{"field": "status", "message": "required field is missing"}]
+    for body in ({"completed_days": 1.5}, {"completed_days": "90"}, {"failed_days": True}):
+        bad = _q(service, "POST", f"{BASE}/cleanup", json=body)
+        assert bad.status_code == 422, (body, bad.text)
+        assert bad.json()["errors"][0]["field"] == next(iter(body))
+    assert [r["session_id"] for r in sink_rows(service.sink_url, "translation_sessions")] == ["old-done"]
+    assert sink_rows(service.sink_url, "translation_sessions")[0]["status"] == "completed"

@@ -17,6 +17,14 @@ def _task(**fields: object) -> dict:
     return {**task("t-bad", "s-ok"), **fields}
 
 
+def nested(depth: int, container: type = dict) -> object:
+    """depth objects (or arrays) inside one another, the innermost holding 1."""
+    value: object = 1
+    for _ in range(depth):
+        value = {"k": value} if container is dict else [value]
+    return value
+
+
 def _without(record: dict, field: str) -> dict:
     return {k: v for k, v in record.items() if k != field}
 
@@ -51,6 +59,12 @@ TASK_CASES = [
     ("bad start_time", _task(start_time="yesterday"), "tasks[0].start_time"),
     ("bad end_time", _task(end_time="2025-13-01T00:00:00Z"), "tasks[0].end_time"),
     ("bad updated_at", _task(updated_at=12345), "tasks[0].updated_at"),
+    # Valid ISO 8601, but past 9999 or before 0001 once converted to UTC: no sink can store it.
+    ("updated_at past 9999 in UTC", _task(updated_at="9999-12-31T23:59:59-01:00"), "tasks[0].updated_at"),
+    ("start_time before 0001 in UTC", _task(start_time="0001-01-01T00:00:00+01:00"), "tasks[0].start_time"),
+    ("end_time past 9999 in UTC", _task(end_time="9999-12-31T23:59:59.999999-00:01"), "tasks[0].end_time"),
+    ("row_index past BIGINT", _task(row_index=2**63), "tasks[0].row_index"),
+    ("duration_ms past BIGINT", _task(duration_ms=2**63), "tasks[0].duration_ms"),
     ("item not an object", "task", "tasks[0]"),
 ]
 
@@ -68,6 +82,11 @@ SESSION_CASES = [
     ("negative total_tasks", session("s-bad", total_tasks=-1), "sessions[0].total_tasks"),
     ("completed_tasks as string", session("s-bad", completed_tasks="1"), "sessions[0].completed_tasks"),
     ("failed_tasks too large", session("s-bad", failed_tasks=2**64), "sessions[0].failed_tasks"),
+    ("total_tasks past BIGINT", session("s-bad", total_tasks=2**63), "sessions[0].total_tasks"),
+    ("updated_at past 9999 in UTC", session("s-bad", updated_at="9999-12-31T23:59:59-01:00"),
+     "sessions[0].updated_at"),
+    ("game_info 32 objects deep", session("s-bad", game_info=nested(32)), "sessions[0].game_info"),
+    ("metadata 32 levels of arrays", session("s-bad", metadata={"a": nested(31, list)}), "sessions[0].metadata"),
 ]
 
 
@@ -170,3 +189,35 @@ def test_body_over_max_body_bytes_is_413(svc: Service) -> None:
                       headers={"content-type": "application/json"})
     assert r.status_code == 413
     _assert_nothing_stored(svc)
+
+
+def test_json_nested_past_the_parser_limit_is_422_not_500(svc: Service) -> None:
+    deep = b'{"sessions": [{"session_id": "s-bad", "game_info": ' + b'{"k": ' * 5000 + b"1" + b"}" * 5000 + b"}]}"
+    r = svc.http.post(SESSIONS, content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert r.json()["errors"][0]["field"] == "sessions" and "deeper" in r.json()["errors"][0]["message"]
+    _assert_nothing_stored(svc)
+
+
+def test_values_at_every_limit_are_stored_and_read_back_on_each_sink(service) -> None:
+    """The documented limits (README, "Limits") hold on both sinks: every edge
+    value is accepted, written and read back as it was sent."""
+    big = 2**63 - 1
+    edge_session = session("s-edge", game_info=nested(31), metadata={"deep": nested(30, list)},
+                           total_tasks=big, completed_tasks=big, failed_tasks=big, processing_tasks=big,
+                           updated_at="9999-12-31T23:59:59.999999Z")
+    edge_task = task("t-edge", "s-edge", row_index=big, retry_count=big, duration_ms=big,
+                     start_time="0001-01-01T00:00:00Z", end_time="9999-12-31T23:59:59.999999+00:00",
+                     updated_at="0001-01-01T01:00:00+01:00", source_text="字" * 21845)
+    assert service.post_sessions([edge_session]).status_code == 202
+    assert service.post_tasks([edge_task]).status_code == 202
+    flushed = service.flush()
+    assert flushed.status_code == 200 and flushed.json()["dead_lettered"] == 0, flushed.text
+    stored = service.http.get("/api/v1/translation/sessions/s-edge").json()
+    assert stored["game_info"] == edge_session["game_info"] and stored["metadata"] == edge_session["metadata"]
+    assert stored["total_tasks"] == big and stored["updated_at"] == "9999-12-31T23:59:59.999999Z"
+    got = service.http.get("/api/v1/translation/tasks/t-edge").json()
+    assert (got["row_index"], got["retry_count"], got["duration_ms"]) == (big, big, big)
+    assert got["start_time"] == "0001-01-01T00:00:00.000000Z" and got["end_time"] == "9999-12-31T23:59:59.999999Z"
+    assert got["updated_at"] == "0001-01-01T00:00:00.000000Z" and got["source_text"] == "字" * 21845
+    assert service.http.get("/api/v1/translation/stats").status_code == 200

@@ -91,7 +91,11 @@ def test_keys_differing_by_case_or_trailing_space_are_distinct(service) -> None:
 
 def test_orphan_task_is_held_until_its_session_arrives(service) -> None:
     assert service.post_tasks([task("t-1", "late-session")]).status_code == 202
-    assert service.flush().status_code == 200
+    flushed = service.flush()
+    assert flushed.status_code == 200
+    # The flush says what happened: nothing written, one task held for its session.
+    assert (flushed.json()["tasks_written"], flushed.json()["tasks_held"]) == (0, 1), flushed.text
+    assert "held" in flushed.json()["detail"]
     assert sink_rows(service.sink_url, "translation_tasks") == []
     assert service.http.get("/health").json()["buffer"]["held_orphans"] == 1
     service.post_sessions([session("late-session")])
