@@ -40,6 +40,8 @@ LongText = Annotated[str, Meta(max_length=MAX_TEXT_BYTES)]
 Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Confidence = Annotated[float, Meta(ge=0, le=1)]
 JsonObject = dict[str, Any]
+# Declared as format date-time in OpenAPI, so generated clients and fuzzers send times.
+Time = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class Session(Struct, omit_defaults=True):
@@ -54,7 +56,7 @@ class Session(Struct, omit_defaults=True):
     completed_tasks: Count = 0
     failed_tasks: Count = 0
     processing_tasks: Count = 0
-    updated_at: datetime | None = None
+    updated_at: Time | None = None
 
     def __post_init__(self) -> None:
         _refuse_unstorable(self)
@@ -74,10 +76,10 @@ class Task(Struct, omit_defaults=True):
     confidence: Confidence | None = None
     error_message: LongText | None = None
     retry_count: Count = 0
-    start_time: datetime | None = None
-    end_time: datetime | None = None
+    start_time: Time | None = None
+    end_time: Time | None = None
     duration_ms: Count | None = None
-    updated_at: datetime | None = None
+    updated_at: Time | None = None
 
     def __post_init__(self) -> None:
         _refuse_unstorable(self)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from core.records import COMMAND_TYPES, JSON_ENCODER, CleanupCommand, DeleteSession, SetSessionStatus, SpoolEntry
+from core.records import COMMAND_TYPES, JSON_ENCODER, MIN_TIME_US, CleanupCommand, DeleteSession, SetSessionStatus, SpoolEntry
 from core.times import db_text
 from plugins import Sink
 
@@ -42,8 +42,9 @@ def apply_command(entry: SpoolEntry, sink: Sink) -> Applied:
 
 
 def cleanup(sink: Sink, command: CleanupCommand, now_us: int) -> dict:
-    sessions, tasks = sink.cleanup(db_text(now_us - int(command.completed_days * DAY_US)),
-                                   db_text(now_us - int(command.failed_days * DAY_US)), command.dry_run)
+    def before(days: float) -> str:  # more days than there have been since year 1: everything is older
+        return db_text(max(now_us - int(days * DAY_US), MIN_TIME_US))
+    sessions, tasks = sink.cleanup(before(command.completed_days), before(command.failed_days), command.dry_run)
     return {"status": "completed", "deleted_sessions": sessions, "deleted_tasks": tasks, "dry_run": command.dry_run}
 
 

@@ -84,7 +84,7 @@ def management_routes(settings: Settings) -> list[Route]:
         session_id = request.path_params["session_id"]
         if len(session_id) > 36:
             return _session_not_found(session_id)
-        return _answer(await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id)), session_id)
+        return _answer(await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id)), session_id, request)
 
     async def set_status(request: Request) -> Response:
         session_id = request.path_params["session_id"]
@@ -94,14 +94,14 @@ def management_routes(settings: Settings) -> list[Route]:
         if len(session_id) > 36:
             return _session_not_found(session_id)
         return _answer(await queue.run(KIND_SET_SESSION_STATUS, SetSessionStatus(session_id, change.status)),
-                       session_id)
+                       session_id, request)
 
     async def cleanup(request: Request) -> Response:
         body = await _decode(request, Cleanup, allow_empty=True)
         if isinstance(body, Response):
             return body
         command = CleanupCommand(body.completed_days, body.failed_days, body.dry_run)
-        return _answer(await queue.run(KIND_CLEANUP, command), None)
+        return _answer(await queue.run(KIND_CLEANUP, command), None, request)
 
     base = "/api/v1/translation/sessions"
     return [
@@ -111,7 +111,7 @@ def management_routes(settings: Settings) -> list[Route]:
     ]
 
 
-def _answer(result: dict[str, Any] | None, session_id: str | None) -> Response:
+def _answer(result: dict[str, Any] | None, session_id: str | None, request: Request) -> Response:
     if result is None:
         return json_response({"status": "queued", "session_id": session_id,
                               "detail": "Accepted into the spool; it is applied in order once the database "
@@ -126,7 +126,7 @@ def _answer(result: dict[str, Any] | None, session_id: str | None) -> Response:
     if result.get("status") == "failed":
         return error_response(500, "The database refused this command for good; it was moved to the dead "
                                    "letters (GET /api/v1/system/dead-letters) and can be retried there.",
-                              "COMMAND_FAILED", seq=result["seq"])
+                              "COMMAND_FAILED", seq=result["seq"], request_id=request.state.request_id)
     return json_response(result)
 
 

@@ -104,8 +104,8 @@ OPERATIONS: tuple[Op, ...] = (
        "Delete a session and its tasks, ordered after every acknowledged write",
        {200: t.Deleted, 202: t.Queued}, errors=(404, 503)),
     Op("patch", f"{API}/sessions/{{session_id}}/status", "setSessionStatus", "management",
-       "Change only a session's status", {200: t.StatusUpdated, 202: t.Queued}, StatusChange,
-       errors=(404,) + COMMAND_ERRORS),
+       "Change only a session's status (409 when a write with a newer version keeps the old one)",
+       {200: t.StatusUpdated, 202: t.Queued}, StatusChange, errors=(404, 409) + COMMAND_ERRORS),
     Op("post", f"{API}/sessions/cleanup", "cleanupSessions", "management",
        "Delete old completed and failed sessions with their tasks", {200: t.CleanupResult, 202: t.Queued},
        Cleanup, errors=COMMAND_ERRORS, is_body_optional=True),
@@ -135,10 +135,12 @@ _ERRORS = {
     401: "No valid API key (only when auth.keys are configured)",
     403: "The API key lacks the scope this path needs",
     404: "Unknown id or path",
+    409: "Not applied: a write with a newer version (updated_at) keeps the stored value",
     413: "The body is larger than allowed",
     422: "The request breaks the rules: every bad field is listed in errors",
     429: "Too many requests (spool full, or the API key's rate limit): retry after Retry-After; nothing was accepted",
-    500: "A bug; logged with the request_id the body carries",
+    500: "A bug, or a command the database refused for good (COMMAND_FAILED, dead-lettered); logged with the "
+         "request_id the body carries",
     503: "Not available now (spool full, database unreachable, shutting down): retry after Retry-After",
 }
 # Paths that never ask for an API key (core/auth.py's OPEN_PATHS).

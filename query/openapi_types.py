@@ -180,10 +180,12 @@ class Buffer(Struct):
 class FlusherState(Struct):
     alive: bool
     sink_error: str | None
+    stalled_seconds: float  # records have waited this long with nothing written (0 while it progresses)
 
 
 class Health(Struct):
     status: Literal["healthy", "degraded", "unhealthy"]
+    reason: str | None  # why the status is not healthy
     database: Literal["healthy", "unhealthy"]
     buffer: Buffer
     flusher: FlusherState
@@ -193,7 +195,7 @@ class Health(Struct):
 
 class DeadLetterView(Struct):
     id: int
-    kind: str  # session | task | unknown:<n>
+    kind: str  # session | task | delete_session | set_session_status | cleanup | unknown:<n>
     record_key: str  # empty when a whole entry was dead-lettered
     seq: int  # the spool entry it came from (0 for an expired orphan)
     received_at: IsoTime

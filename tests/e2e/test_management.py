@@ -113,3 +113,11 @@ def test_management_bodies_name_the_bad_field_and_change_nothing(service) -> Non
         assert bad.json()["errors"][0]["field"] == next(iter(body))
     assert [r["session_id"] for r in sink_rows(service.sink_url, "translation_sessions")] == ["old-done"]
     assert sink_rows(service.sink_url, "translation_sessions")[0]["status"] == "completed"
+
+
+def test_cleanup_with_more_days_than_there_have_been_deletes_nothing(service) -> None:
+    service.post_sessions([session("old-done", status="completed", updated_at="0001-01-01T00:00:00Z")])
+    r = _q(service, "POST", f"{BASE}/cleanup", json={"completed_days": 3_650_000, "failed_days": 3_649_999})
+    assert r.status_code == 200, r.text
+    assert (r.json()["deleted_sessions"], r.json()["deleted_tasks"]) == (0, 0)
+    assert service.http.get("/api/v1/system/dead-letters").json()["total"] == 0

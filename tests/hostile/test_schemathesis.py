@@ -69,8 +69,11 @@ SEED_TASK = "hostile-seed-task"
 _ANY = r".*"
 _ITEM_DATES = r"(sessions|tasks)\[\d+\]\.(updated_at|start_time|end_time)"
 POSITIVE_422_GAPS: tuple[tuple[str, str, str], ...] = (
-    # DOC: datetime fields are declared {"type": "string"}, without "format": "date-time".
-    (rf"POST {API}/(sessions|tasks)/batch", _ITEM_DATES, _ANY),
+    # Times are declared "format": "date-time" (RFC 3339), which admits what no sink can store: a UTC
+    # value outside 0001..9999 (0000-01-01T00:00:00Z, 9999-12-31T23:59:59-01:00) and leap seconds (:60).
+    (rf"POST {API}/(sessions|tasks)/batch", _ITEM_DATES,
+     r"^(is outside 0001-01-01T00:00:00Z \.\. 9999-12-31T23:59:59\.999999Z once converted to UTC"
+     r"|Invalid RFC3339 encoded datetime)$"),
     # DOC (strictness): JSON Schema's "integer" admits 947.0; msgspec refuses a float for an int.
     (_ANY, _ANY, r"^Expected `int( \| null)?`, got `float`$"),
     # `cursor` must be one the service issued (signed): no schema can say which strings those are.

@@ -85,6 +85,7 @@ def _healthy(overrides: dict[tuple[str, str], str] | None = None) -> list[dict[s
         ("persistence_last_flush_timestamp_seconds", ""): "0+60x20",
         ("persistence_spool_oldest_record_age_seconds", ""): "0.5x20",
         ("persistence_sink_up", ""): "1x20",
+        ("persistence_flusher_stalled", ""): "0x20",
         ("persistence_sink_errors_total", "transient"): "0x20",
         ("persistence_sink_errors_total", "permanent"): "0x20",
         ("persistence_dead_lettered_total", "any"): "0x20",
@@ -132,6 +133,8 @@ def _rule_tests() -> list[dict[str, Any]]:
         _case({("persistence_last_flush_timestamp_seconds", ""): "0+60x5 300x15",
                ("persistence_spool_oldest_record_age_seconds", ""): "0x5 0+60x15"},
               _fires("PersistenceFlusherNotFlushing", "11m", "13m")),
+        # Stalled from 5m (the service's own judgement, flush.stall_after), then `for: 1m`.
+        _case({("persistence_flusher_stalled", ""): "0x5 1x15"}, _fires("PersistenceFlusherStalled", "5m", "7m")),
         _case({("persistence_spool_oldest_record_age_seconds", ""): "45x20"}, _fires("PersistenceLagHigh", "4m", "6m")),
         _case({("persistence_sink_up", ""): "0x20"}, _fires("PersistenceDatabaseUnreachable", "4m", "6m")),
         _case({("persistence_sink_errors_total", "transient"): "0+10x20"},

@@ -104,3 +104,22 @@ def test_an_unencoded_password_is_refused_at_start_without_showing_it(tmp_path: 
         load_settings(config, environ={})
     assert "percent-encode" in str(caught.value)
     assert "s3cret" not in str(caught.value) and caught.value.__cause__ is None
+
+
+@pytest.mark.parametrize("sync", ["full", "normal"])
+def test_spool_sync_is_in_force_in_every_ingest_writer(service_factory, tmp_path: Path, sync: str) -> None:
+    """spool.sync = "full" promises that an acknowledged batch survives power
+    loss: each ingest worker's spool connection must really run with SQLite's
+    synchronous=FULL (and WAL), as SQLite itself reports to that connection."""
+    svc = service_factory(f"sqlite:///{tmp_path / 'store.db'}", sync=sync, workers=2)
+    assert svc.post_sessions([session("s-1")]).status_code == 202
+    expected = f"spool writer open: journal_mode=wal synchronous={sync}"
+
+    def reporting_pids() -> set[int]:
+        lines = [line for line in svc.log.read_text().splitlines() if expected in line]
+        return {int(line.split('"pid":')[1].split(",")[0]) for line in lines}
+
+    reported = wait_for(lambda: len(pids := reporting_pids()) >= 2 and pids, 10,
+                        "both ingest workers to report their spool connection")
+    assert reported <= set(svc.children()["ingest"]), reported
+    assert "synchronous=" + ("normal" if sync == "full" else "full") not in svc.log.read_text()
