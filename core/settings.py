@@ -8,6 +8,7 @@ folder and validates ranges. Components receive only their own section.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import SplitResult, urlsplit
@@ -133,7 +134,7 @@ def load_settings(path: str | os.PathLike[str] | None = None,
     return _resolve_paths(settings, base, str(file or ""))
 
 
-def _find_file(path: str | os.PathLike[str] | None, env: os.Mapping[str, str]) -> Path | None:
+def _find_file(path: str | os.PathLike[str] | None, env: Mapping[str, str]) -> Path | None:
     chosen = path or env.get(CONFIG_ENV)
     if chosen:
         file = Path(chosen).resolve()
@@ -151,7 +152,7 @@ def _read_toml(file: Path) -> dict:
         raise ConfigError(f"{file} is not valid TOML: {exc}") from exc
 
 
-def _apply_env(raw: dict, env: os.Mapping[str, str]) -> None:
+def _apply_env(raw: dict, env: Mapping[str, str]) -> None:
     """PS_FLUSH_BATCH_ROWS=500 sets raw['flush']['batch_rows'] = '500'
     (converted to the key's type by msgspec's lax mode)."""
     for section in Settings.__struct_fields__:

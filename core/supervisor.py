@@ -140,7 +140,8 @@ class Supervisor:
                 logger.critical("%s cannot run (exit %s); stopping the service", child.role, status)
                 return EXIT_FATAL
             logger.error("%s exited with %s; restarting it", child.role, status)
-            mark_process_dead(child.proc.pid, self._settings.service.metrics_dir)
+            if child.proc is not None:
+                mark_process_dead(child.proc.pid, self._settings.service.metrics_dir)
             child.start(self._env)
         return 0
 

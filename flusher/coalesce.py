@@ -42,6 +42,7 @@ def coalesce(entries: list[SpoolEntry]) -> Coalesced:
     """Per key, keep the record with the highest (version, seq)."""
     out = Coalesced({}, {}, [])
     for entry in entries:
+        records: list[Session] | list[Task] | list[Session | Task]
         try:
             records = _decode(entry)
         except ValidationError:

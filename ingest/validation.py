@@ -11,7 +11,7 @@ import msgspec
 from msgspec import Struct
 
 from core.records import (FIELD_CHECKS, KIND_SESSIONS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH, SESSION_DECODER,
-                          TASK_DECODER, Session, Task)
+                          TASK_DECODER, Session, SessionBatch, Task)
 
 _PATH_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
@@ -55,7 +55,7 @@ def _validate(kind: int, body: bytes) -> int:
         raise BatchInvalid(errors) from None
     except msgspec.DecodeError as exc:
         raise BodyNotJson(f"the body is not valid JSON: {exc}") from None
-    return len(batch.sessions if kind == KIND_SESSIONS else batch.tasks)
+    return len(batch.sessions if isinstance(batch, SessionBatch) else batch.tasks)
 
 
 def _collect_errors(kind: int, body: bytes, first: msgspec.ValidationError) -> list[FieldError]:

@@ -188,7 +188,7 @@ class Drill:
         self.say("process tree: " + ", ".join(f"{n} {kind}" for kind, n in self._shape.items()))
         view = _Unsupervised(self.service)
         self.load = Load(view, tag="drill", threads=cfg.load_threads, batch=cfg.load_batch,  # type: ignore[arg-type]
-                         pause=cfg.load_pause)
+                         pause=cfg.load_pause, session_updates=0.3)
         self.probe = Load(view, tag="P", sessions=1)  # type: ignore[arg-type]
         self.probe.create_sessions()
         self.load.start()
@@ -447,8 +447,11 @@ class Drill:
         fig = self.result.figures
         fig.update(
             fault_seconds=round(fault_s, 1),
-            requests_acknowledged=load.acked_requests + probe.acked_requests + 2,  # + the two session batches
-            records_acknowledged=load.acked_records + probe.acked_records + load.sessions + probe.sessions,
+            requests_acknowledged=(load.acked_requests + probe.acked_requests + load.acked_session_requests
+                                   + probe.acked_session_requests),
+            records_acknowledged=(load.acked_records + probe.acked_records + load.acked_session_records
+                                  + probe.acked_session_records),
+            session_writes_acknowledged=load.acked_session_records + probe.acked_session_records,
             requests_failed=load.failed_requests + probe.failed_requests,
             task_keys_acknowledged=audit["acked_keys"] + probe_audit["acked_keys"],
             rows_lost=audit["lost"] + probe_audit["lost"],
@@ -462,7 +465,8 @@ class Drill:
         self.say(f"requests acknowledged: {fig['requests_acknowledged']} "
                  f"(not acknowledged: {fig['requests_failed']})")
         self.say(f"records acknowledged: {fig['records_acknowledged']} "
-                 f"({fig['task_keys_acknowledged']} distinct task ids)")
+                 f"({fig['task_keys_acknowledged']} distinct task ids, {fig['session_writes_acknowledged']} "
+                 f"session writes, each session checked at its last acknowledged version)")
         self.say(f"rows lost: {fig['rows_lost']}")
         self.say(f"rows duplicated: {duplicated}")
         self.say(f"rows stored from unacknowledged requests: {fig['rows_from_unacknowledged']} "

@@ -47,7 +47,8 @@ def cmdline(pid: int) -> str:
 
 
 def descendants(pid: int) -> list[int]:
-    out, frontier = [], [pid]
+    out: list[int] = []
+    frontier = [pid]
     while frontier:
         parent = frontier.pop()
         try:

@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any
+from typing import Any, Literal
 
 from msgspec import Struct
 
@@ -45,7 +45,7 @@ TRIM_EVERY_S = 0.06
 
 class Variant(Struct, frozen=True):
     label: str
-    sync: str
+    sync: Literal["full", "normal"]
     writers: int
     autocheckpoint: int | None = None  # None: leave the spool's own setting
     use_flock: bool = False

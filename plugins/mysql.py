@@ -206,7 +206,7 @@ class MysqlSink:
             total += deleted
             if deleted < DELETE_CHUNK:
                 return total
-            self._conn.commit()
+            cur.connection.commit()
 
     def _run(self, work: Callable[[pymysql.cursors.Cursor], T]) -> T:
         """work(cursor) in one transaction, errors converted."""

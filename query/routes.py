@@ -59,6 +59,7 @@ def _page_and_total(fetch: Callable[[Any, PageRequest], Page], count: Callable[[
 
 
 def _session_tasks(reader: Reader, flt: TaskFilter, query: ListQuery, known: int | None) -> tuple[Page, int] | None:
+    assert flt.session_id is not None  # a session's tasks page always names its session
     page = reader.tasks(flt, query.request())
     # Tasks reach the sink only with their session, so rows prove it exists.
     if not page.rows and reader.session(flt.session_id) is None:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import pymysql
 
+from wal.types import SpoolError
+
 MYSQL_HOST = "127.0.0.1"
 MYSQL_PORT = 3306
 SESSIONS = "/api/v1/translation/sessions/batch"
@@ -228,6 +230,13 @@ def sink_rows(sink_url: str, table: str, columns: str = "*") -> list[dict[str, A
             return list(cur.fetchall())
     finally:
         conn.close()
+
+
+def appended(results: list[int | SpoolError]) -> list[int]:
+    """The seqs of Spool.append_many's results; an item refused fails the test."""
+    seqs = [r for r in results if isinstance(r, int)]
+    assert len(seqs) == len(results), results
+    return seqs
 
 
 # -- records -----------------------------------------------------------------

@@ -129,6 +129,7 @@ class Spool:
                 cur = conn.execute(
                     "INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",
                     (item.kind, received, item.record_count, item.payload))
+                assert cur.lastrowid is not None  # an INSERT into a rowid table
                 results.append(cur.lastrowid)
                 live_bytes += len(item.payload)
                 added[item.kind] = added.get(item.kind, 0) + item.record_count

@@ -10,7 +10,8 @@ def test_full_spool_answers_503_and_recovers(service_factory, tmp_path) -> None:
     svc = service_factory(f"sqlite:///{tmp_path / 'store.db'}", spool_max_bytes=1024 * 1024,
                           max_delay=3600, batch_rows=100_000)
     assert svc.post_sessions([session("s-1")]).status_code == 202
-    accepted, refused = [], None
+    accepted: list[str] = []
+    refused = None
     for i in range(40):
         batch = [task(f"t-{i}-{j}", "s-1", source_text="字" * 2000) for j in range(10)]  # ~60 KB
         r = svc.post_tasks(batch)

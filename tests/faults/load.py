@@ -14,6 +14,11 @@ write it came from. Keys come in three kinds:
   2024 again (stale: must lose to the implicit one), explicit 2031 (newer than
   any acceptance time: the implicit writes after it are stale).
 
+Sessions are written the same way when `session_updates` is set: each load
+thread owns some sessions and, after that share of its task batches, rewrites
+them (completed_tasks = n, file_path = "/<session_id>#<n>"), with the mixed
+plan ("m") of versions; the batch that creates them is write #0.
+
 The oracle per key: among the acknowledged writes the one with the highest
 version must be stored, unless a write that was not acknowledged (its
 connection broke: it may or may not be stored) carries a higher version.
@@ -39,6 +44,7 @@ import msgspec
 from tests.harness import SESSIONS, TASKS, Service, session, sink_rows, task, wait_for
 
 STATUSES = ("pending", "processing", "completed", "failed")
+SESSION_STATUSES = ("processing", "pending", "completed", "failed", "cancelled")
 PAST = datetime(2024, 1, 1, tzinfo=UTC)
 FUTURE = datetime(2031, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -116,11 +122,15 @@ class Load:
     rewrite_share: float = 0.4
     max_tasks: int | None = None  # per thread; None = until stop()
     pause: float = 0.0  # seconds between a thread's requests
+    session_updates: float = 0.0  # share of task batches after which a thread rewrites its sessions
     writes: dict[str, list[Write]] = field(default_factory=dict)
+    session_writes: dict[str, list[Write]] = field(default_factory=dict)
     session_ids: list[str] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)  # HTTP status or exception name -> requests
-    acked_requests: int = 0
-    acked_records: int = 0
+    acked_requests: int = 0  # task batches
+    acked_records: int = 0  # task records
+    acked_session_requests: int = 0  # session batches, the one that creates them included
+    acked_session_records: int = 0
     failed_requests: int = 0
     unexpected: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -131,9 +141,9 @@ class Load:
 
     def create_sessions(self) -> None:
         self.session_ids = [f"{self.tag}-s{i}" for i in range(self.sessions)]
-        body = {"sessions": [session(s, status="processing") for s in self.session_ids]}
-        answer = self.service.http.post(SESSIONS, content=_ENCODE(body), headers=_JSON)
-        assert answer.status_code == 202, answer.text
+        with httpx.Client(timeout=60) as client:
+            outcome = self._post_sessions(client, self.session_ids, first=True)
+        assert outcome == 202, outcome
 
     def start(self) -> Load:
         if not self.session_ids:
@@ -200,6 +210,9 @@ class Load:
                     keys.add(key)
                 posted += len(keys)
                 self._post(client, url, sorted(keys))
+                owned = self.session_ids[number::self.threads]
+                if owned and rng.random() < self.session_updates:
+                    self._post_sessions(client, owned)
                 if self.pause:
                     self._stop.wait(self.pause)
 
@@ -244,6 +257,38 @@ class Load:
         if not acked:
             time.sleep(0.05)  # do not spin on a refusing service
 
+    def _post_sessions(self, client: httpx.Client, session_ids: list[str], first: bool = False) -> int | str:
+        """Write these sessions once more (only their owner thread does, so the
+        order of a session's writes is the order they were sent)."""
+        batch: list[Write] = []
+        records = []
+        for sid in session_ids:
+            history = self.session_writes.setdefault(sid, [])
+            n = len(history)
+            version, _ = (None, "") if first else _plan(f"{self.tag}-m-{sid}", n)
+            write = Write(sid, n, sid, SESSION_STATUSES[n % len(SESSION_STATUSES)], version)
+            history.append(write)
+            batch.append(write)
+            fields: dict[str, Any] = {"completed_tasks": n, "file_path": f"/{sid}#{n}", "status": write.status}
+            if version is not None:
+                fields["updated_at"] = _iso(_EPOCH + timedelta(microseconds=version))
+            records.append(session(sid, **fields))
+        sent = now_us()
+        try:
+            answer = client.post(f"http://127.0.0.1:{self.service.ingest_port}{SESSIONS}",
+                                 content=_ENCODE({"sessions": records}), headers=_JSON)
+            outcome: int | str = answer.status_code
+        except httpx.HTTPError as exc:
+            outcome = type(exc).__name__
+        done = now_us()
+        for write in batch:
+            write.sent_us, write.done_us, write.acked = sent, done, outcome == 202
+        with self._lock:
+            if outcome == 202:
+                self.acked_session_requests += 1
+                self.acked_session_records += len(batch)
+        return outcome
+
     # -- the oracle -------------------------------------------------------------
 
     def acked_sent_after(self, when_us: int) -> int:
@@ -276,27 +321,24 @@ def check_sink(sink_url: str, load: Load) -> dict[str, int]:
             errors.append(f"{row['task_id']}: stored twice")
         stored[row["task_id"]] = row
     acked = load.acked_keys()
-    counts = Counter()
+    counts: Counter[str] = Counter()
     for key, history in load.writes.items():
-        row = stored.get(key)
+        found = stored.get(key)
         best = max((w for w in history if w.acked), key=lambda w: w.lower, default=None)
-        if row is None:
+        if found is None:
             if best is not None:
                 errors.append(f"{key}: missing (acknowledged write #{best.n})")
             continue
-        error = _check_row(key, history, best, row)
+        error = _check_row(key, history, best, found)
         if error:
             errors.append(error)
-        counts["newer_unacked" if best is not None and row["retry_count"] != best.n else "ok"] += 1
+        counts["newer_unacked" if best is not None and found["retry_count"] != best.n else "ok"] += 1
     for key in stored.keys() - load.writes.keys():
         errors.append(f"{key}: stored but never sent")
     present = sum(1 for key in acked if key in stored)
     if present != len(acked):
         errors.append(f"{len(acked)} acknowledged task ids, {present} of them stored")
-    sessions = {r["session_id"] for r in sink_rows(sink_url, "translation_sessions", "session_id")}
-    missing_sessions = [s for s in load.session_ids if s not in sessions]
-    if missing_sessions:
-        errors.append(f"acknowledged sessions missing: {missing_sessions[:5]}")
+    errors.extend(_check_sessions(sink_url, load, counts))
     assert not errors, f"{len(errors)} problems in the sink, e.g.:\n" + "\n".join(errors[:25])
     counts.update(acked_keys=len(acked), stored=len(mine),
                   acked_writes=sum(w.acked for h in load.writes.values() for w in h),
@@ -304,14 +346,44 @@ def check_sink(sink_url: str, load: Load) -> dict[str, int]:
     return dict(counts)
 
 
+def _check_sessions(sink_url: str, load: Load, counts: Counter[str]) -> list[str]:
+    """Every session at its last acknowledged version, as for tasks."""
+    rows = {r["session_id"]: r for r in sink_rows(
+        sink_url, "translation_sessions", "session_id, status, file_path, completed_tasks, updated_at")}
+    errors = []
+    for sid, history in load.session_writes.items():
+        best = max((w for w in history if w.acked), key=lambda w: w.lower, default=None)
+        row = rows.get(sid)
+        if row is None:
+            if best is not None:
+                errors.append(f"session {sid}: missing (acknowledged write #{best.n})")
+            continue
+        n = row["completed_tasks"]
+        error = _judge(f"session {sid}", history, best, n, row,
+                       lambda w: row["file_path"] == f"/{sid}#{w.n}" and row["status"] == w.status)
+        if error:
+            errors.append(error)
+        counts["sessions_checked"] += 1
+        counts["session_writes_acked"] += sum(w.acked for w in history)
+    return errors
+
+
 def _check_row(key: str, history: list[Write], best: Write | None, row: dict) -> str | None:
-    n = row["retry_count"]
+    return _judge(key, history, best, row["retry_count"], row,
+                  lambda w: (row["target_text"], row["status"], row["session_id"])
+                  == (f"{key}#{w.n}", w.status, w.session_id))
+
+
+def _judge(key: str, history: list[Write], best: Write | None, n: int, row: dict,
+           fields_of: Any) -> str | None:
+    """The stored row names write #n: it must carry that write's fields and
+    version, and no acknowledged write with a higher version may exist."""
     if not 0 <= n < len(history):
-        return f"{key}: stored retry_count {n} names no write (sent {len(history)})"
+        return f"{key}: stored write number {n} names no write (sent {len(history)})"
     write = history[n]
     version = db_us(row["updated_at"])
     where = f"{key}: stored write #{n} ({'acked' if write.acked else 'not acked'})"
-    if row["target_text"] != f"{key}#{n}" or row["status"] != write.status or row["session_id"] != write.session_id:
+    if not fields_of(write):
         return f"{where} has fields of no single write: {row}"
     if not write.lower <= version <= write.upper:
         return f"{where}: version {version} outside [{write.lower}, {write.upper}]"

@@ -43,3 +43,4 @@ def test_crash_drill(tmp_path: Path, rng: random.Random) -> None:
     assert all(s.accepted_s is not None and s.restored_s is not None for s in result.steps
                if s.event != "db-restart"), result.report()
     assert figures["task_keys_acknowledged"] > 5_000, figures
+    assert figures["session_writes_acknowledged"] > 21, figures  # 21 sessions created, then rewritten

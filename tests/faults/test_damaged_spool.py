@@ -39,7 +39,7 @@ def test_truncated_spool_is_refused_then_salvaged(tmp_path) -> None:
     broken = Service(tmp_path / "svc", sink_url)
     broken.start(wait=False)
     try:
-        assert broken.proc.wait(120) == 78, broken.tail()
+        assert broken.proc is not None and broken.proc.wait(120) == 78, broken.tail()
     finally:
         broken.kill()
     log = broken.log.read_text()

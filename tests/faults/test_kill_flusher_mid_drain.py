@@ -37,7 +37,7 @@ def test_kill_flusher_mid_drain(service_factory, sink_url: str) -> None:
     assert spool_state(service)["records"] >= 50_000
     trickle.start()
 
-    kills = []
+    kills: list[tuple[int, dict[str, int]]] = []
     for delay in KILL_DELAYS:
         before = spool_state(service)["flushed_seq"]
 

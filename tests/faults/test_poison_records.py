@@ -33,7 +33,7 @@ def _append_raw(spool_path, kind: int, body: dict) -> None:
     """Append an entry as an older version of the service would have: no validation."""
     spool = Spool.open(SpoolSettings(path=str(spool_path)))
     try:
-        records = body.get("sessions") or body.get("tasks")
+        records = body["sessions"] if kind == KIND_SESSIONS else body["tasks"]
         (seq,) = spool.append_many([Append(kind, msgspec.json.encode(body), len(records))])
         assert isinstance(seq, int)
     finally:

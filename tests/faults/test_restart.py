@@ -85,7 +85,7 @@ def test_kill_9_whole_service_then_restart(tmp_path: Path, mysql_url: str) -> No
     folder = tmp_path / "svc"
     first = Service(folder, mysql_url)
     with running(first):
-        load = Load(first, tag="k9", threads=3, batch=500).start()
+        load = Load(first, tag="k9", threads=3, batch=500, session_updates=0.5).start()
         load.wait_acked(20_000, 60)
         first.kill()
         load.stop()
@@ -95,4 +95,4 @@ def test_kill_9_whole_service_then_restart(tmp_path: Path, mysql_url: str) -> No
     with running(second):
         flush_until_ok(second, 120)
         counts = check_sink(mysql_url, load)
-        assert counts["acked_keys"] > 10_000, counts
+        assert counts["acked_keys"] > 10_000 and counts["session_writes_acked"] > 20, counts

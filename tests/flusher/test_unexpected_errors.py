@@ -54,7 +54,7 @@ class BuggySink(SqliteSink):
 def running(tmp_path: Path) -> Iterator[tuple[Spool, BuggySink, str]]:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     spool_settings = SpoolSettings(path=str(tmp_path / "spool.db"))
-    sink = BuggySink.connect(SinkSettings(url=url))
+    sink = BuggySink(SqliteSink.connect(SinkSettings(url=url))._conn)
     sink.migrate()
     flusher_spool = Spool.open(spool_settings)
     flusher = Flusher(flusher_spool, sink, FlushSettings(max_delay=0.05, retry_initial=0.01, retry_max=0.05))

@@ -96,6 +96,9 @@ class Tally:
     """What the run sent and got back, for the summary and the hang guard."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.requests = 0
         self.cases = 0
         self.statuses: dict[str, Counter[int]] = {}
@@ -175,7 +178,7 @@ def _only_empty_query_invalid(case: schemathesis.Case, response: schemathesis.Re
     schemas = {p["name"]: p["schema"] for p in raw.get("parameters", []) if p["in"] == "query"}
     invalid = [name for name, value in (case.query or {}).items()
                if name not in schemas or not jsonschema.Draft202012Validator(schemas[name]).is_valid(value)]
-    sent = parse_qs(urlsplit(response.request.url).query, keep_blank_values=True)
+    sent = parse_qs(urlsplit(str(response.request.url)).query, keep_blank_values=True)
     return bool(invalid) and all(set(sent.get(name, [])) <= {""} for name in invalid)
 
 
@@ -213,7 +216,7 @@ def _seed(service: Service) -> None:
 def api_schema(service_factory, mysql_url: str, request: pytest.FixtureRequest) -> Iterator[Any]:
     service: Service = service_factory(mysql_url, flush_timeout=FLUSH_TIMEOUT)
     _seed(service)
-    TALLY.__init__()
+    TALLY.reset()
     seed = int(os.environ.get("PS_TEST_SEED") or random.SystemRandom().randrange(2**32))
     print(f"\n{request.node.nodeid}: PS_TEST_SEED={seed}")
     base_url = f"http://127.0.0.1:{service.ingest_port}"

@@ -25,7 +25,7 @@ valid_task = st.fixed_dictionaries(
               "retry_count": st.integers(0, 1000), "duration_ms": st.one_of(st.none(), st.integers(0, 10**9)),
               "start_time": st.datetimes().map(lambda d: d.isoformat() + "Z")})
 
-BREAKERS = {
+BREAKERS: dict[str, list[object]] = {
     "task_id": ["", "x" * 65, 5, None],
     "session_id": ["", "s" * 37, []],
     "row_index": [-1, "1", 1.5, True],

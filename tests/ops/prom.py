@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -63,7 +64,7 @@ def exported_names() -> set[str]:
         if isinstance(value, MetricWrapperBase):
             (family,) = value.describe()
             names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
-    empty = SpoolStats(**{field: 0 for field in SpoolStats.__struct_fields__})
+    empty = msgspec.convert({field: 0 for field in SpoolStats.__struct_fields__}, SpoolStats, strict=False)
     names.update(family.name for family in metrics.spool_gauges(empty, now_us()))
     return names
 

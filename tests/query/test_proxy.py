@@ -8,8 +8,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import httpx
 import pytest
@@ -192,12 +193,12 @@ def test_a_hung_query_process_is_504_and_a_stalled_answer_is_cut_off(echo_port: 
 
     # The 200 is out when the answer stalls: the body must end unfinished (the
     # server then drops the connection), never look complete or turn into a 504.
-    sent: list[dict] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict:
         return {"type": "http.request", "body": b""}
 
-    async def send(message: dict) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     async def stalled() -> None:

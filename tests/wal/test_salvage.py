@@ -9,7 +9,7 @@ import msgspec
 
 from core.records import KIND_TASKS
 from core.settings import SpoolSettings
-from tests.harness import task
+from tests.harness import appended, task
 from wal import Spool
 from wal.salvage import check, salvage
 from wal.types import Append
@@ -20,7 +20,7 @@ def _spool_with(path: Path, count: int) -> list[int]:
     seqs = []
     for i in range(count):
         body = msgspec.json.encode({"tasks": [task(f"t-{i}-{j}", "s", source_text="x" * 3000) for j in range(5)]})
-        seqs.extend(spool.append_many([Append(KIND_TASKS, body, 5)]))
+        seqs.extend(appended(spool.append_many([Append(KIND_TASKS, body, 5)])))
     spool.close()
     return seqs
 

@@ -11,6 +11,7 @@ import pytest
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.settings import SpoolSettings
 from wal import Spool, SpoolCorrupt, SpoolFull
+from tests.harness import appended
 from wal.types import Append, DeadLetter, DrainCommit
 
 MIB = 1024 * 1024
@@ -42,7 +43,8 @@ def test_model(tmp_path: Path, rng: random.Random) -> None:
         elif op < 0.85:
             limit = rng.randint(1, 3000)
             got = spool.read(0, limit)
-            expected, total = [], 0
+            expected: list[tuple] = []
+            total = 0
             for m in model:
                 if expected and total + m[2] > limit:
                     break
@@ -68,11 +70,11 @@ def test_model(tmp_path: Path, rng: random.Random) -> None:
 def test_entries_survive_reopen_and_seq_is_never_reused(tmp_path: Path) -> None:
     settings = _settings(tmp_path / "spool.db")
     spool = Spool.open(settings)
-    seqs = spool.append_many([Append(KIND_TASKS, b"a", 1), Append(KIND_TASKS, b"b", 1)])
+    seqs = appended(spool.append_many([Append(KIND_TASKS, b"a", 1), Append(KIND_TASKS, b"b", 1)]))
     spool.commit_drain(DrainCommit(through_seq=seqs[-1]))
     spool.close()
     spool = Spool.open(settings)
-    (seq,) = spool.append_many([Append(KIND_TASKS, b"c", 1)])
+    (seq,) = appended(spool.append_many([Append(KIND_TASKS, b"c", 1)]))
     assert seq > seqs[-1]
     assert [e.payload for e in spool.read(0, 10)] == [b"c"]
     assert spool.flushed_seq() == seqs[-1]
@@ -94,7 +96,7 @@ def test_full_spool_refuses_and_keeps_what_it_had(tmp_path: Path) -> None:
 
 def test_dead_letters_are_kept_listed_and_purged(tmp_path: Path) -> None:
     spool = Spool.open(_settings(tmp_path / "spool.db"))
-    (seq,) = spool.append_many([Append(KIND_TASKS, b"payload", 1)])
+    (seq,) = appended(spool.append_many([Append(KIND_TASKS, b"payload", 1)]))
     spool.commit_drain(DrainCommit(through_seq=seq, dead=[DeadLetter(seq, KIND_TASKS, "t-1", 5, "bad value", b"{}")]))
     (letter,) = spool.dead_letters()
     assert (letter.record_key, letter.error, letter.seq) == ("t-1", "bad value", seq)
@@ -108,7 +110,7 @@ def _append_from_process(path: str, count: int) -> list[int]:
     spool = Spool.open(_settings(Path(path)))
     seqs = []
     for _ in range(count):
-        seqs.extend(spool.append_many([Append(KIND_TASKS, b"p", 1)]))
+        seqs.extend(appended(spool.append_many([Append(KIND_TASKS, b"p", 1)])))
     spool.close()
     return seqs
 
