@@ -137,3 +137,30 @@ def test_a_file_that_is_not_a_spool_is_refused_with_its_name(tmp_path: Path) -> 
     path.write_bytes(b"this is not a sqlite database at all" * 100)
     with pytest.raises(SpoolCorrupt, match=str(path)):
         Spool.open(_settings(path))
+
+
+def test_a_format_1_spool_is_brought_up_to_date_with_its_entries(tmp_path: Path) -> None:
+    import sqlite3
+
+    from wal import schema
+
+    path = tmp_path / "spool.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in schema._statements(schema.SCHEMA_V1):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (2, 5, 1, x'7b7d')")
+    conn.execute("UPDATE state SET live_tasks = 1, live_bytes = 2, sessions_written = 7")
+    conn.execute("INSERT INTO held (task_id, session_id, received_at_us, held_since_us, payload)"
+                 " VALUES ('t-1', 's-1', 3, 4, x'7b7d')")
+    conn.close()
+    spool = Spool.open(_settings(path))
+    try:
+        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == schema.FORMAT_VERSION == 2
+        assert [e.payload for e in spool.read(0, 10)] == [b"{}"]
+        (held,) = spool.held()
+        assert (held.task_id, held.held_at_clock_us) == ("t-1", 0)
+        assert spool.totals().sessions_written == 7 and spool.healthy_clock_us() == 0
+    finally:
+        spool.close()
+    Spool.open(_settings(path)).close()  # opening again changes nothing
