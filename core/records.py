@@ -95,7 +95,9 @@ def text_problem(value: str | None) -> str | None:
 
 
 def time_problem(value: datetime | None) -> str | None:
-    if value is not None and not MIN_TIME_US <= to_us(value) <= MAX_TIME_US:
+    if value is None or 1 < value.year < 9999:  # an offset moves a time by less than a day
+        return None
+    if not MIN_TIME_US <= to_us(value) <= MAX_TIME_US:
         return "is outside 0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999999Z once converted to UTC"
     return None
 
@@ -124,11 +126,34 @@ FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 
 def _refuse_unstorable(record: Struct) -> None:
-    for name in record.__struct_fields__:
-        check = FIELD_CHECKS.get(name)
-        problem = check(getattr(record, name)) if check else None
-        if problem:
-            raise ValueError(f"`{name}` {problem}")
+    # Runs for every record accepted: the cheap test of each kind of limit first.
+    texts, times, documents = _CHECKED_FIELDS[type(record)]
+    for name in texts:
+        value = getattr(record, name)
+        if value is not None and len(value) > _SAFE_TEXT_CHARS:
+            _refuse(name, text_problem(value))
+    for name in times:
+        value = getattr(record, name)
+        if value is not None and not 1 < value.year < 9999:
+            _refuse(name, time_problem(value))
+    for name in documents:
+        value = getattr(record, name)
+        if value:
+            _refuse(name, json_problem(value))
+
+
+def _refuse(name: str, problem: str | None) -> None:
+    if problem:
+        raise ValueError(f"`{name}` {problem}")
+
+
+def _fields_checked_by(check: Callable[[Any], str | None], kind: type[Struct]) -> tuple[str, ...]:
+    return tuple(name for name in kind.__struct_fields__ if FIELD_CHECKS.get(name) is check)
+
+
+_CHECKED_FIELDS: dict[type[Struct], tuple[tuple[str, ...], ...]] = {
+    kind: tuple(_fields_checked_by(check, kind) for check in (text_problem, time_problem, json_problem))
+    for kind in (Session, Task)}
 
 
 class SessionBatch(Struct):
