@@ -12,9 +12,11 @@ import hashlib
 import hmac
 import logging
 import math
-import re
 import time
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
 
+from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from core.http import error_response
@@ -22,19 +24,24 @@ from core.settings import ApiKey, AuthSettings
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = {"/health", "/openapi.json", "/docs"}  # the API's description is no secret
-_WRITE = re.compile(r"^/api/v1/translation/((sessions|tasks)/batch|flush)$")
-_ADMIN = re.compile(r"^/api/v1/(system/(config|dead-letters.*)|translation/sessions/(cleanup|[^/]+/status))$")
+Access = Literal["open", "read", "write", "admin"]  # "open": no key needed
 
 
-def required_scope(method: str, path: str) -> str | None:
-    """The scope a request needs; None for the open paths."""
-    if path in OPEN_PATHS:
-        return None
-    if method == "POST" and _WRITE.match(path):
-        return "write"
-    if _ADMIN.match(path) or (method == "DELETE" and path.startswith("/api/v1/translation/sessions/")):
-        return "admin"
+class ScopedRoute(Route):
+    """A route that declares, where it is defined, the API-key scope it needs."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], *, methods: list[str], access: Access) -> None:
+        super().__init__(path, endpoint, methods=methods)
+        self.access = access
+
+
+def route_access(routes: Sequence[BaseRoute], scope: Scope) -> Access:
+    """The access declared by the route that will answer this request; "read"
+    when none will (an unknown path or method is answered 404/405 only to a key
+    that may read)."""
+    for route in routes:
+        if isinstance(route, ScopedRoute) and route.matches(scope)[0] is Match.FULL:
+            return route.access
     return "read"
 
 
@@ -59,8 +66,9 @@ class _Bucket:
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
+    def __init__(self, app: ASGIApp, settings: AuthSettings, routes: Sequence[BaseRoute]) -> None:
         self.app = app
+        self.routes = routes
         self.keys = {key.sha256: key for key in settings.keys}
         self.buckets = {key.sha256: _Bucket(key.rate_per_s) for key in settings.keys if key.rate_per_s}
 
@@ -68,8 +76,8 @@ class ApiKeyAuth:
         if scope["type"] != "http" or not self.keys:
             await self.app(scope, receive, send)
             return
-        needed = required_scope(scope["method"], scope["path"])
-        if needed is None:
+        needed = route_access(self.routes, scope)
+        if needed == "open":
             await self.app(scope, receive, send)
             return
         refusal = self._refusal(scope, needed)

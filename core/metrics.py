@@ -19,9 +19,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from core import VERSION
+from core.auth import ScopedRoute
 from core.times import now_us
 from wal.health import stalled_seconds
 
@@ -151,5 +151,5 @@ async def metrics_endpoint(request: Request) -> Response:
                     media_type=CONTENT_TYPE)
 
 
-METRICS_ROUTES = [Route("/metrics", metrics_endpoint, methods=["GET"]),
-                  Route("/api/v1/system/metrics", metrics_endpoint, methods=["GET"])]
+METRICS_ROUTES = [ScopedRoute("/metrics", metrics_endpoint, methods=["GET"], access="read"),
+                  ScopedRoute("/api/v1/system/metrics", metrics_endpoint, methods=["GET"], access="read")]

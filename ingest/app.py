@@ -9,11 +9,10 @@ from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.routing import Route
 
 from core import metrics
 from core.logging import setup_logging
-from core.auth import ApiKeyAuth
+from core.auth import ApiKeyAuth, ScopedRoute
 from core.middleware import RequestContext
 from core.settings import Settings, load_settings
 from core.times import now_us
@@ -35,10 +34,10 @@ class State(TypedDict):
 
 
 ROUTES = [
-    Route("/api/v1/translation/sessions/batch", routes.post_sessions, methods=["POST"]),
-    Route("/api/v1/translation/tasks/batch", routes.post_tasks, methods=["POST"]),
-    Route("/api/v1/translation/flush", routes.flush, methods=["POST"]),
-    Route("/health", routes.health, methods=["GET"]),
+    ScopedRoute("/api/v1/translation/sessions/batch", routes.post_sessions, methods=["POST"], access="write"),
+    ScopedRoute("/api/v1/translation/tasks/batch", routes.post_tasks, methods=["POST"], access="write"),
+    ScopedRoute("/api/v1/translation/flush", routes.flush, methods=["POST"], access="write"),
+    ScopedRoute("/health", routes.health, methods=["GET"], access="open"),
     *metrics.METRICS_ROUTES,
 ]
 
@@ -65,6 +64,6 @@ def create_app(settings: Settings | None = None) -> Port8001:
     metrics.mark_up("ingest")
     app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                     middleware=[Middleware(RequestContext, role="ingest", is_access_log=settings.service.access_log),
-                                Middleware(ApiKeyAuth, settings=settings.auth)])
-    own_paths = [route.path for route in ROUTES if isinstance(route, Route)]
+                                Middleware(ApiKeyAuth, settings=settings.auth, routes=ROUTES)])
+    own_paths = [route.path for route in ROUTES]
     return Port8001(app, own_paths, QueryProxy(settings.query, settings.ingest.max_body_bytes))

@@ -17,12 +17,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from core import VERSION, metrics
 from core.http import COMMON_HANDLERS, error_response, json_response, unavailable
 from core.logging import setup_logging
-from core.auth import ApiKeyAuth
+from core.auth import ApiKeyAuth, ScopedRoute
 from core.middleware import RequestContext
 from core.settings import Settings, SinkSettings, load_settings
 from core.times import now_us
@@ -75,16 +74,16 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, InvalidParams: _invalid
                                       SpoolError: unavailable}
 
 ROUTES = [
-    Route("/health", health, methods=["GET"]),
-    Route(f"{API}/sessions", routes.list_sessions, methods=["GET"]),
-    Route(f"{API}/sessions/{{session_id}}", routes.get_session, methods=["GET"]),
-    Route(f"{API}/sessions/{{session_id}}/tasks", routes.list_session_tasks, methods=["GET"]),
-    Route(f"{API}/tasks", routes.list_tasks, methods=["GET"]),
-    Route(f"{API}/tasks/{{task_id}}", routes.get_task, methods=["GET"]),
-    Route(f"{API}/recovery/incomplete-sessions", routes.incomplete_sessions, methods=["GET"]),
-    Route(f"{API}/recovery/restore/{{session_id}}", routes.restore, methods=["POST"]),
-    Route(f"{API}/recovery/status", routes.recovery_status, methods=["GET"]),
-    Route(f"{API}/stats", routes.stats, methods=["GET"]),
+    ScopedRoute("/health", health, methods=["GET"], access="open"),
+    ScopedRoute(f"{API}/sessions", routes.list_sessions, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/sessions/{{session_id}}", routes.get_session, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/sessions/{{session_id}}/tasks", routes.list_session_tasks, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/tasks", routes.list_tasks, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/tasks/{{task_id}}", routes.get_task, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/recovery/incomplete-sessions", routes.incomplete_sessions, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/recovery/restore/{{session_id}}", routes.restore, methods=["POST"], access="read"),
+    ScopedRoute(f"{API}/recovery/status", routes.recovery_status, methods=["GET"], access="read"),
+    ScopedRoute(f"{API}/stats", routes.stats, methods=["GET"], access="read"),
 ]
 
 
@@ -132,8 +131,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             spool.close()
 
     metrics.mark_up("query")
-    return Starlette(routes=ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings),
-                     exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
-                     middleware=[Middleware(RequestContext, role="query",
-                                                 is_access_log=settings.service.access_log),
-                                      Middleware(ApiKeyAuth, settings=settings.auth)])
+    all_routes = ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings)
+    return Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
+                     middleware=[Middleware(RequestContext, role="query", is_access_log=settings.service.access_log),
+                                 Middleware(ApiKeyAuth, settings=settings.auth, routes=all_routes)])

@@ -14,8 +14,8 @@ from msgspec import Struct
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
+from core.auth import ScopedRoute
 from core.http import error_response, field_error, json_response
 from core.records import (
     JSON_ENCODER,
@@ -77,7 +77,7 @@ class CommandQueue:
             spool.close()
 
 
-def management_routes(settings: Settings) -> list[Route]:
+def management_routes(settings: Settings) -> list[ScopedRoute]:
     queue = CommandQueue(settings.spool, settings.ingest.flush_timeout)
 
     async def delete_session(request: Request) -> Response:
@@ -105,9 +105,9 @@ def management_routes(settings: Settings) -> list[Route]:
 
     base = "/api/v1/translation/sessions"
     return [
-        Route(base + "/cleanup", cleanup, methods=["POST"]),
-        Route(base + "/{session_id}", delete_session, methods=["DELETE"]),
-        Route(base + "/{session_id}/status", set_status, methods=["PATCH"]),
+        ScopedRoute(base + "/cleanup", cleanup, methods=["POST"], access="admin"),
+        ScopedRoute(base + "/{session_id}", delete_session, methods=["DELETE"], access="admin"),
+        ScopedRoute(base + "/{session_id}/status", set_status, methods=["PATCH"], access="admin"),
     ]
 
 

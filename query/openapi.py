@@ -143,8 +143,8 @@ _ERRORS = {
          "request_id the body carries",
     503: "Not available now (spool full, database unreachable, shutting down): retry after Retry-After",
 }
-# Paths that never ask for an API key (core/auth.py's OPEN_PATHS).
-_OPEN_PATHS = ("/health",)
+# Paths that never ask for an API key: their routes declare access="open" (core.auth.ScopedRoute).
+_OPEN_PATHS = ("/health", "/openapi.json", "/docs")
 _SECURITY = {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
              "bearer": {"type": "http", "scheme": "bearer"}}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}

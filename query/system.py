@@ -19,8 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
-from starlette.routing import Route
 
+from core.auth import ScopedRoute
 from core.http import error_response, json_response
 from core.records import (JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SESSIONS, KIND_SET_SESSION_STATUS,
                           KIND_TASKS)
@@ -135,7 +135,7 @@ def _invalid_selection(message: str) -> Response:
                           "VALIDATION_ERROR", [{"field": "body", "message": message}])
 
 
-def system_routes(settings: Settings) -> list[Route]:
+def system_routes(settings: Settings) -> list[ScopedRoute]:
     config = JSON_ENCODER.encode(config_body(settings))
     document = JSON_ENCODER.encode(openapi_document())
     docs_page = resources.files("query").joinpath("docs.html").read_bytes()
@@ -171,11 +171,11 @@ def system_routes(settings: Settings) -> list[Route]:
         return HTMLResponse(docs_page)
 
     return [
-        Route(f"{SYSTEM}/config", get_config, methods=["GET"]),
-        Route(f"{SYSTEM}/dead-letters", list_letters, methods=["GET"]),
-        Route(f"{SYSTEM}/dead-letters", purge, methods=["DELETE"]),
-        Route(f"{SYSTEM}/dead-letters/retry", retry, methods=["POST"]),
-        Route(f"{SYSTEM}/dead-letters/purge", purge, methods=["POST"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
+        ScopedRoute(f"{SYSTEM}/config", get_config, methods=["GET"], access="admin"),
+        ScopedRoute(f"{SYSTEM}/dead-letters", list_letters, methods=["GET"], access="admin"),
+        ScopedRoute(f"{SYSTEM}/dead-letters", purge, methods=["DELETE"], access="admin"),
+        ScopedRoute(f"{SYSTEM}/dead-letters/retry", retry, methods=["POST"], access="admin"),
+        ScopedRoute(f"{SYSTEM}/dead-letters/purge", purge, methods=["POST"], access="admin"),
+        ScopedRoute("/openapi.json", openapi, methods=["GET"], access="open"),
+        ScopedRoute("/docs", docs, methods=["GET"], access="open"),
     ]

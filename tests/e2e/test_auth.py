@@ -86,3 +86,32 @@ def test_slow_body_is_cut_off_with_408(secured) -> None:
     assert time.monotonic() - started < 8
     assert "REQUEST_TIMEOUT" in answer
     wait_for(lambda: secured.http.get("/health").status_code == 200, 5, "the service to keep answering")
+
+
+def test_every_route_of_both_apps_declares_its_scope(tmp_path) -> None:
+    from typing import get_args
+
+    from starlette.routing import Route
+
+    from core.auth import Access, ScopedRoute
+    from core.settings import load_settings
+    from ingest.app import create_app as ingest_app
+    from query.app import create_app as query_app
+
+    (tmp_path / "config.toml").write_text("")
+    settings = load_settings(tmp_path / "config.toml", environ={})
+    declared: dict[tuple[str, str], str] = {}
+    for app in (ingest_app(settings).ingest, query_app(settings)):
+        for route in app.routes:
+            assert isinstance(route, ScopedRoute), f"{getattr(route, 'path', route)} declares no scope"
+            assert route.access in get_args(Access)
+            assert isinstance(route, Route) and route.methods
+            for method in route.methods - {"HEAD"}:
+                declared[(method, route.path)] = route.access
+    api = "/api/v1/translation"
+    assert declared[("POST", f"{api}/tasks/batch")] == declared[("POST", f"{api}/flush")] == "write"
+    assert declared[("DELETE", f"{api}/sessions/{{session_id}}")] == "admin"
+    assert declared[("PATCH", f"{api}/sessions/{{session_id}}/status")] == "admin"
+    assert declared[("GET", "/api/v1/system/config")] == declared[("POST", "/api/v1/system/dead-letters/retry")] == "admin"
+    assert declared[("POST", f"{api}/recovery/restore/{{session_id}}")] == declared[("GET", "/metrics")] == "read"
+    assert {path for (_, path), access in declared.items() if access == "open"} == {"/health", "/openapi.json", "/docs"}
