@@ -1,18 +1,23 @@
-"""One drain cycle: coalesce the entries read, hold orphan tasks, write to the
-sink in one transaction, then trim the spool (commit_drain). A crash anywhere
-before commit_drain replays the same entries; the sink's versioned upserts
-make the replay harmless.
+"""One drain cycle, whole: read the next entries, coalesce them, hold orphan
+tasks, write to the sink in one transaction, trim the spool (commit_drain),
+checkpoint it, count what was done. A crash anywhere before commit_drain
+replays the same entries; the sink's versioned upserts make the replay
+harmless. The loop (flusher/loop.py) only decides when to run a cycle and
+how long to back off after one failed.
 
 No record can stop the drain: a record that cannot be decoded, converted to a
 row or written (the database refuses it, or the attempt raises an error
 nobody expected) is set apart as a dead letter with the error's text, and the
-rest of the batch goes on. Only a TransientSinkError (the database is away)
-leaves the entries in place, to be retried in order.
+rest of the batch goes on. After a cycle failed for a reason nobody foresaw
+(failed()), the entries it read are drained one at a time, and one that fails
+alone is set aside as a dead letter. Only a TransientSinkError (the database
+is away) or a spool error leaves the entries in place, to be retried in order.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
 
 import msgspec
@@ -22,6 +27,7 @@ from core.records import (COMMAND_TYPES, JSON_ENCODER, KIND_SESSIONS, KIND_TASKS
                           session_row, task_row, version_us)
 from core.settings import FlushSettings
 from core.times import now_us
+from core import metrics
 from flusher.coalesce import Item, coalesce, merge
 from flusher.commands import apply_command, encode_result, failed
 from plugins import RejectedRows, Sink, TransientSinkError
@@ -53,14 +59,48 @@ class Drainer:
         self._settings = settings
         self._clock = clock  # the healthy clock (flusher/clock.py): orphans wait on it
         self._known_sessions: set[str] = set()
+        self._isolate_through = 0  # drain one entry at a time up to this seq (after a failed cycle)
+        self._last_read_seq = 0
 
-    def drain_once(self, entries: list[SpoolEntry], held: list[HeldTask] | None = None) -> DrainReport:
-        """Write these entries (and any held tasks passed back in) to the sink,
-        then trim them from the spool. Raises TransientSinkError with nothing
-        trimmed."""
+    def drain_once(self, held: list[HeldTask] | None = None) -> DrainReport:
+        """One cycle over the next entries (at most flush.batch_rows records;
+        one entry alone after a failed cycle), with these held tasks. Raises
+        TransientSinkError or sqlite3.Error with nothing trimmed."""
+        entries = self._spool.read(0, self._settings.batch_rows)
+        if entries and entries[0].seq <= self._isolate_through:
+            report = self._drain_alone(entries[0])
+        else:
+            self._last_read_seq = entries[-1].seq if entries else self._last_read_seq
+            with metrics.FLUSH_DURATION.time():
+                report = self._drain(entries, held or [])
+        # Short of disk: truncate the WAL (its size is what ingest must keep free) so appends resume.
+        self._spool.checkpoint(truncate=self._spool.is_short_of_disk())
+        _count(report)
+        return report
+
+    def failed(self) -> int:
+        """A cycle raised an error nobody foresaw: drain the entries it read one
+        at a time from now on, to find the one that fails. Returns the last seq
+        concerned."""
+        self._isolate_through = max(self._isolate_through, self._last_read_seq)
+        return self._isolate_through
+
+    def _drain_alone(self, entry: SpoolEntry) -> DrainReport:
+        """One entry by itself; if it fails, for any reason but the database
+        or the spool being away, it is set aside as a dead letter."""
+        try:
+            return self._drain([entry], [])
+        except (TransientSinkError, sqlite3.Error):
+            raise
+        except Exception as exc:  # this entry alone fails: the cause is in it
+            logger.exception("spool entry %d fails on its own", entry.seq)
+            return self.set_aside(entry, exc)
+
+    def _drain(self, entries: list[SpoolEntry], held: list[HeldTask]) -> DrainReport:
+        """Write these entries (and the held tasks passed back in) to the sink,
+        then trim them from the spool."""
         if entries and entries[0].kind in COMMAND_TYPES:
             return self._apply_command(entries[0])
-        held = held or []
         batch = coalesce(entries)
         dead = [DeadLetter(b.entry.seq, b.entry.kind, b.record_key, b.entry.received_at_us, b.error,
                            b.payload or b.entry.payload) for b in batch.bad]
@@ -83,12 +123,18 @@ class Drainer:
         release = [h.id for h in held if h.id not in still_held]
         change = DrainCommit(
             through_seq=entries[-1].seq if entries else 0,
-            sessions_written=len(session_rows) - _count(rejected, KIND_SESSIONS),
-            tasks_written=len(task_rows) - _count(rejected, KIND_TASKS),
+            sessions_written=len(session_rows) - _count_dead(rejected, KIND_SESSIONS),
+            tasks_written=len(task_rows) - _count_dead(rejected, KIND_TASKS),
             hold=hold, release=release, dead=dead)
         self._spool.commit_drain(change)
         return DrainReport(change.through_seq, change.sessions_written, change.tasks_written,
-                           len(hold), len(release), len(dead), len(rejected), _count(dead, KIND_SESSIONS))
+                           len(hold), len(release), len(dead), len(rejected), _count_dead(dead, KIND_SESSIONS))
+
+    def drain_held(self, held: list[HeldTask]) -> DrainReport:
+        """Held tasks alone (between batches): those whose session is now stored are written."""
+        report = self._drain([], held)
+        _count(report)
+        return report
 
     def set_aside(self, entry: SpoolEntry, error: BaseException) -> DrainReport:
         """Dead-letter a whole entry that made a drain cycle fail in a way no
@@ -229,6 +275,16 @@ def _dead(item: Item, reason: str) -> DeadLetter:
     return DeadLetter(item.seq, kind, item.key, item.received_at_us, reason, _encode(item))
 
 
-def _count(dead: list[DeadLetter], kind: int) -> int:
+def _count_dead(dead: list[DeadLetter], kind: int) -> int:
     return sum(1 for d in dead if d.kind == kind)
+
+
+def _count(report: DrainReport) -> None:
+    metrics.FLUSH_BATCHES.inc()
+    metrics.FLUSH_ROWS.labels("session").inc(report.sessions_written)
+    metrics.FLUSH_ROWS.labels("task").inc(report.tasks_written)
+    if report.rejected:  # one error per cycle, as for transient ones; the rows are counted as dead letters
+        metrics.SINK_ERRORS.labels("permanent").inc()
+    metrics.DEAD_LETTERED.labels("session").inc(report.dead_sessions)
+    metrics.DEAD_LETTERED.labels("task").inc(report.dead - report.dead_sessions)
 

@@ -14,12 +14,12 @@ import sqlite3
 import threading
 import time
 
-from core.records import JSON_ENCODER, KIND_CLEANUP, CleanupCommand, SpoolEntry
+from core.records import JSON_ENCODER, KIND_CLEANUP, CleanupCommand
 from core.settings import FlushSettings, RetentionSettings
 from core.times import now_us
 from core import metrics
 from flusher.clock import HealthyClock
-from flusher.drain import Drainer, DrainReport
+from flusher.drain import Drainer
 from flusher.retry import Backoff
 from plugins import Sink, TransientSinkError
 from wal import Spool
@@ -43,8 +43,6 @@ class Flusher:
         self._settings = settings
         self._clock = HealthyClock(spool.healthy_clock_us())
         self._drainer = Drainer(spool, sink, settings, self._clock.now_us)
-        self._isolate_through = 0  # drain one entry at a time up to this seq (after a failed cycle)
-        self._last_read_seq = 0
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._last_beat = 0.0
         self._last_held_check = 0.0
@@ -85,8 +83,7 @@ class Flusher:
         except Exception:  # a bug met by some entry of this cycle: find it by draining one entry at a time
             metrics.FLUSH_RETRIES.inc()
             logger.exception("drain cycle failed; draining entries through seq %d one at a time",
-                             self._last_read_seq)
-            self._isolate_through = max(self._isolate_through, self._last_read_seq)
+                             self._drainer.failed())
 
     def _drain_ready(self, stopping: bool) -> bool:
         waiting = self._spool.waiting()
@@ -96,32 +93,9 @@ class Flusher:
         full = waiting.records >= self._settings.batch_rows
         if not (full or stopping or waiting.is_flush_requested or age_s >= self._settings.max_delay):
             return False
-        if waiting.first_seq <= self._isolate_through:
-            self._drain_alone(self._spool.read(0, 1)[0])
-        else:
-            entries = self._spool.read(0, self._settings.batch_rows)
-            self._last_read_seq = entries[-1].seq
-            held = self._due_held()
-            with metrics.FLUSH_DURATION.time():
-                report = self._drainer.drain_once(entries, held)
-            _count(report)
-        # Short of disk: truncate the WAL (its size is what ingest must keep free) so appends resume.
-        self._spool.checkpoint(truncate=self._spool.is_short_of_disk())
+        self._drainer.drain_once(self._due_held())
         self._set_health(True, "")
         return True
-
-    def _drain_alone(self, entry: SpoolEntry) -> None:
-        """One entry by itself; if it fails, for any reason but the database
-        or the spool being away, it is set aside as a dead letter."""
-        self._last_read_seq = entry.seq
-        try:
-            report = self._drainer.drain_once([entry])
-        except (TransientSinkError, sqlite3.Error):
-            raise
-        except Exception as exc:  # this entry alone fails: the cause is in it
-            logger.exception("spool entry %d fails on its own", entry.seq)
-            report = self._drainer.set_aside(entry, exc)
-        _count(report)
 
     def _due_held(self) -> list:
         if time.monotonic() - self._last_held_check < HELD_RETRY_EVERY_S:
@@ -135,7 +109,7 @@ class Flusher:
             self._last_held_check = now
             held = self._spool.held()
             if held:
-                _count(self._drainer.drain_once([], held))
+                self._drainer.drain_held(held)
         if now - self._last_ping >= PING_EVERY_S:
             self._last_ping = now
             self._set_health(self._ping_sink(), self._sink_error)
@@ -179,12 +153,3 @@ class Flusher:
         else:
             time.sleep(seconds)
 
-
-def _count(report: DrainReport) -> None:
-    metrics.FLUSH_BATCHES.inc()
-    metrics.FLUSH_ROWS.labels("session").inc(report.sessions_written)
-    metrics.FLUSH_ROWS.labels("task").inc(report.tasks_written)
-    if report.rejected:  # one error per cycle, as for transient ones; the rows are counted as dead letters
-        metrics.SINK_ERRORS.labels("permanent").inc()
-    metrics.DEAD_LETTERED.labels("session").inc(report.dead_sessions)
-    metrics.DEAD_LETTERED.labels("task").inc(report.dead - report.dead_sessions)

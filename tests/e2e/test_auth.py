@@ -91,6 +91,7 @@ def test_slow_body_is_cut_off_with_408(secured) -> None:
 def test_every_route_of_both_apps_declares_its_scope(tmp_path) -> None:
     from typing import get_args
 
+    from starlette.applications import Starlette
     from starlette.routing import Route
 
     from core.auth import Access, ScopedRoute
@@ -102,6 +103,7 @@ def test_every_route_of_both_apps_declares_its_scope(tmp_path) -> None:
     settings = load_settings(tmp_path / "config.toml", environ={})
     declared: dict[tuple[str, str], str] = {}
     for app in (ingest_app(settings).ingest, query_app(settings)):
+        assert isinstance(app, Starlette)
         for route in app.routes:
             assert isinstance(route, ScopedRoute), f"{getattr(route, 'path', route)} declares no scope"
             assert route.access in get_args(Access)
