@@ -1,5 +1,6 @@
-"""Spool DDL, pragmas and migrations. The only other module that knows the
-spool's SQL is wal/spool.py."""
+"""Spool DDL, pragmas and migrations. The other modules that know the
+spool's SQL are the Spool class's: wal/base.py, wal/spool.py, wal/status.py
+and wal/dead_letter_table.py."""
 
 from __future__ import annotations
 

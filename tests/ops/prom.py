@@ -64,7 +64,7 @@ def exported_names() -> set[str]:
         if isinstance(value, MetricWrapperBase):
             (family,) = value.describe()
             names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES[family.type])
-    empty = msgspec.convert({field: 0 for field in SpoolStats.__struct_fields__}, SpoolStats, strict=False)
+    empty = SpoolStats(**{f.name: f.type() for f in msgspec.structs.fields(SpoolStats)})  # zeros, "" and False
     names.update(family.name for family in metrics.spool_gauges(empty, now_us()))
     return names
 
