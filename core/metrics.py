@@ -23,7 +23,6 @@ from starlette.responses import Response
 from core import VERSION
 from core.auth import ScopedRoute
 from core.times import now_us
-from wal.health import stalled_seconds
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -83,7 +82,7 @@ def render(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:
 
 def spool_gauges(stats: Any, now_us: int, stalled_s: float = 0.0, stall_after_s: float = 30.0) -> Iterator[Metric]:
     """Gauges read from the spool at scrape time (stats: wal.types.SpoolStats;
-    stalled_s: wal.health.stalled_seconds)."""
+    stalled_s: SpoolStats.stalled_seconds)."""
     records = GaugeMetricFamily("persistence_spool_records", "Records waiting in the spool.", labels=["kind"])
     records.add_metric(["session"], stats.pending_sessions)
     records.add_metric(["task"], stats.pending_tasks)
@@ -146,7 +145,7 @@ async def metrics_endpoint(request: Request) -> Response:
     """GET /metrics on either app: every process's samples plus the spool's gauges."""
     stats = request.state.spool.stats()
     now = now_us()
-    stalled = stalled_seconds(stats, now)
+    stalled = stats.stalled_seconds(now)
     return Response(render(lambda: spool_gauges(stats, now, stalled, request.state.stall_after)),
                     media_type=CONTENT_TYPE)
 

@@ -42,6 +42,8 @@ Confidence = Annotated[float, Meta(ge=0, le=1)]
 JsonObject = dict[str, Any]
 # Declared as format date-time in OpenAPI, so generated clients and fuzzers send times.
 Time = Annotated[datetime, Meta(extra_json_schema={"format": "date-time"})]
+# A time in an answer: ISO 8601 UTC with Z and microseconds (core.times.iso_z).
+IsoTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class Session(Struct, omit_defaults=True):

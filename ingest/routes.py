@@ -16,7 +16,7 @@ from core.records import KIND_SESSIONS, KIND_TASKS
 from core.times import iso_z, now_us
 from ingest.errors import BodyTimeout, BodyTooLarge, WrongContentType
 from ingest.validation import validate_batch
-from wal.health import health_report
+from core.health import health_report
 from wal.types import Append
 
 FLUSH_POLL_S = 0.02

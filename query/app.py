@@ -35,7 +35,7 @@ from query.stats_cache import StatsCache
 from query.system import system_routes
 from query.params import InvalidParams, errors_body
 from wal import Spool, SpoolError
-from wal.health import health_report
+from core.health import health_report
 
 logger = logging.getLogger(__name__)
 PREPARE_RETRY_S = 2.0

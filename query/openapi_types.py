@@ -2,7 +2,7 @@
 generated from types (msgspec.json.schema_components) rather than written by
 hand. The system routes (query/system.py) encode their answers with these
 very Structs; the other routes' answers are built elsewhere (query/views.py,
-flusher/commands.py, wal/health.py) and the tests hold them to these shapes."""
+flusher/commands.py, core/health.py) and the tests hold them to these shapes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Raw, Struct, field
 
-from query.views import IsoTime, SessionDetail, SessionSummary, TaskView
+from core.health import Buffer, FlusherState, Health  # noqa: F401 (the /health answer, defined once there)
+from core.records import IsoTime
+from query.views import SessionDetail, SessionSummary, TaskView
 
 
 class FieldProblem(Struct):
@@ -163,35 +165,6 @@ class Stats(Struct):
 
 
 # -- system -------------------------------------------------------------------
-
-class Buffer(Struct):
-    sessions_count: int
-    tasks_count: int
-    total_count: int
-    capacity: int
-    bytes: int
-    usage_percent: float
-    last_flush: str | None
-    oldest_age_seconds: float
-    held_orphans: int
-    dead_letters: int
-
-
-class FlusherState(Struct):
-    alive: bool
-    sink_error: str | None
-    stalled_seconds: float  # records have waited this long with nothing written (0 while it progresses)
-
-
-class Health(Struct):
-    status: Literal["healthy", "degraded", "unhealthy"]
-    reason: str | None  # why the status is not healthy
-    database: Literal["healthy", "unhealthy"]
-    buffer: Buffer
-    flusher: FlusherState
-    uptime_seconds: float
-    version: str
-
 
 class DeadLetterView(Struct):
     id: int

@@ -4,19 +4,17 @@ embedded as they are stored, and the derived session fields of API.md."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, get_args
+from typing import Any, get_args
 
-from msgspec import Meta, Raw, Struct
+from msgspec import Raw, Struct
 
-from core.records import SessionStatus, TaskStatus
+from core.records import IsoTime, SessionStatus, TaskStatus
 from core.times import iso_z, to_us
 from plugins.reader import OPEN_STATUSES, RecoveryCounts, StoreStats
 
 SESSION_STATUSES: tuple[str, ...] = get_args(SessionStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 _MAX_US = to_us(datetime(9999, 12, 31, 23, 59, 59))
-# ISO 8601 UTC with Z and microseconds; the format only shows in /openapi.json.
-IsoTime = Annotated[str, Meta(extra_json_schema={"format": "date-time"})]
 
 
 class SessionSummary(Struct):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
+FLUSHER_STALE_US = 15_000_000
 RETRY_AFTER_FULL_S = 2
 RETRY_AFTER_BUSY_S = 1
 
@@ -113,3 +114,15 @@ class SpoolStats(Struct, frozen=True):
     disk_free_bytes: int = 0
     tasks_held: int = 0  # totals since the spool was created
     records_dead: int = 0
+
+    def is_flusher_alive(self, now_us: int) -> bool:
+        """The flusher beats at least every second; FLUSHER_STALE_US of silence means it is not running."""
+        return now_us - self.heartbeat_us < FLUSHER_STALE_US
+
+    def stalled_seconds(self, now_us: int) -> float:
+        """How long records have waited while the flusher wrote nothing, unless
+        a running flusher reports the database down (an outage, not a stall); 0
+        when nothing waits."""
+        if not self.oldest_received_us or (self.is_flusher_alive(now_us) and not self.sink_healthy):
+            return 0.0
+        return max(0.0, (now_us - max(self.last_flush_us, self.oldest_received_us)) / 1e6)

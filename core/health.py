@@ -1,0 +1,78 @@
+"""The /health answer of API.md (served by both apps), computed from the
+spool's counters and the flusher's published heartbeat: it never touches the
+database, so it answers in milliseconds even while the database hangs. The
+Structs here are the answer's one definition: they encode it and describe it
+in /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from msgspec import Struct
+
+from core.records import IsoTime
+from core.times import iso_z, now_us
+from wal.types import SpoolStats
+
+
+class Buffer(Struct):
+    sessions_count: int
+    tasks_count: int
+    total_count: int
+    capacity: int
+    bytes: int
+    usage_percent: float
+    last_flush: IsoTime | None
+    oldest_age_seconds: float
+    held_orphans: int
+    dead_letters: int
+    disk_free_bytes: int
+
+
+class FlusherState(Struct):
+    alive: bool
+    sink_error: str | None
+    stalled_seconds: float  # records have waited this long with nothing written (0 while it progresses)
+
+
+class Health(Struct):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    reason: str | None  # why the status is not healthy
+    database: Literal["healthy", "unhealthy"]
+    buffer: Buffer
+    flusher: FlusherState
+    uptime_seconds: float
+    version: str
+
+
+def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_s: float) -> tuple[int, Health]:
+    """(HTTP status, body): 503 exactly when the status is unhealthy."""
+    now = now_us()
+    flusher_alive = stats.is_flusher_alive(now)
+    database_ok = flusher_alive and stats.sink_healthy
+    stalled_s = stats.stalled_seconds(now)
+    reason = None
+    status: Literal["healthy", "degraded", "unhealthy"] = "healthy"
+    if stats.is_refusing:
+        status, reason = "unhealthy", "the spool is full: writes are refused until the flusher frees space"
+    elif stalled_s >= stall_after_s:
+        status = "unhealthy"
+        reason = (f"the flusher has written nothing for {stalled_s:.0f} s while "
+                  f"{stats.pending_sessions + stats.pending_tasks} records wait"
+                  + ("" if flusher_alive else " (the flusher is not running)"))
+    elif not database_ok:
+        status = "degraded"
+        reason = stats.sink_error or ("the flusher is not running" if not flusher_alive else None)
+    body = Health(
+        status=status, reason=reason, database="healthy" if database_ok else "unhealthy",
+        buffer=Buffer(
+            sessions_count=stats.pending_sessions, tasks_count=stats.pending_tasks,
+            total_count=stats.pending_sessions + stats.pending_tasks, capacity=stats.max_bytes,
+            bytes=stats.pending_bytes, usage_percent=round(100 * stats.pending_bytes / stats.max_bytes, 2),
+            last_flush=iso_z(stats.last_flush_us) if stats.last_flush_us else None,
+            oldest_age_seconds=round((now - stats.oldest_received_us) / 1e6, 3) if stats.oldest_received_us else 0.0,
+            held_orphans=stats.held_tasks, dead_letters=stats.dead_letters, disk_free_bytes=stats.disk_free_bytes),
+        flusher=FlusherState(alive=flusher_alive, sink_error=stats.sink_error or None,
+                             stalled_seconds=round(stalled_s, 3)),
+        uptime_seconds=round((now - started_us) / 1e6, 3), version=version)
+    return (503 if status == "unhealthy" else 200), body
