@@ -3,16 +3,21 @@ handlers for errors that are not any one route's."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
+
+from core.errors import BodyNotJson, BodyTimeout, BodyTooLarge, ClientError, FieldError, Invalid, WrongContentType
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 _ENCODER = msgspec.json.Encoder()
@@ -89,4 +94,47 @@ async def unavailable(request: Request, exc: Exception) -> Response:
                           headers={"Retry-After": str(retry_after)})
 
 
-COMMON_HANDLERS: dict[Any, Any] = {HTTPException: http_error, Exception: internal_error}
+async def client_error(request: Request, exc: Exception) -> Response:
+    """Every error a client can cause (core.errors), in API.md's shape."""
+    assert isinstance(exc, ClientError)
+    headers = {"Connection": "close"} if exc.closes_connection else None
+    return error_response(exc.status, exc.detail, exc.error_code, [{"field": e.field, "message": e.message}
+                                                                   for e in exc.errors], headers, **exc.extra)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
+    """The whole JSON body, refused (413) as soon as it passes limit bytes,
+    before it is read in full; 408 when it takes longer than timeout_s."""
+    content_type = request.headers.get("content-type", "application/json")
+    if "json" not in content_type.lower():
+        raise WrongContentType(f"Content-Type must be application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout(timeout_s or 0) from None
+    return b"".join(chunks)
+
+
+async def decode_body(request: Request, kind: type[T], limit: int, allow_empty: bool = False) -> T:
+    """A small JSON body (management, system) decoded as kind; typed errors otherwise."""
+    body = await read_body(request, limit)
+    if allow_empty and not body.strip():
+        return kind()
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        raise Invalid([FieldError(**field_error(exc))]) from None
+    except msgspec.DecodeError as exc:
+        raise BodyNotJson(f"the body is not valid JSON: {exc}") from None
+
+
+COMMON_HANDLERS: dict[Any, Any] = {HTTPException: http_error, ClientError: client_error, Exception: internal_error}

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from core.errors import BodyTooLarge
 from core.http import error_response
 from core.middleware import request_id_of
 from core.settings import QuerySettings
@@ -40,10 +41,6 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"
 # granian frames the answer again.
 _DROPPED_ANSWER_HEADERS = _HOP_BY_HOP - {b"content-length"}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
-class BodyTooLarge(Exception):
-    """The request body is larger than max_body_bytes."""
 
 
 class ClientGone(Exception):
@@ -104,9 +101,9 @@ class QueryProxy:
             body = await _read_body(receive, self._max_body_bytes)
         except ClientGone:
             return
-        except BodyTooLarge:
-            await self._error(scope, 413, f"the body is larger than max_body_bytes ({self._max_body_bytes} bytes)",
-                              "PAYLOAD_TOO_LARGE", {"Connection": "close"}, receive, send)
+        except BodyTooLarge as too_large:
+            await self._error(scope, too_large.status, too_large.detail, too_large.error_code,
+                              {"Connection": "close"}, receive, send)
             return
         request = self._head(scope, len(body)) + body
         try:
@@ -200,7 +197,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise BodyTooLarge()
+            raise BodyTooLarge(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break

@@ -10,11 +10,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core import VERSION
-from core.http import json_response
+from core.http import json_response, read_body
 from core.metrics import RECORDS_ACCEPTED
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.times import iso_z, now_us
-from ingest.errors import BodyTimeout, BodyTooLarge, WrongContentType
 from ingest.validation import validate_batch
 from core.health import health_report
 from wal.types import Append
@@ -31,31 +30,11 @@ async def post_tasks(request: Request) -> Response:
 
 
 async def _accept(request: Request, kind: int) -> Response:
-    try:
-        async with asyncio.timeout(request.state.body_timeout):
-            body = await _read_body(request, request.state.max_body_bytes)
-    except TimeoutError:
-        raise BodyTimeout(request.state.body_timeout) from None
+    body = await read_body(request, request.state.max_body_bytes, request.state.body_timeout)
     count = validate_batch(kind, body)
     await request.state.writer.append(Append(kind, body, count))
     RECORDS_ACCEPTED.labels("session" if kind == KIND_SESSIONS else "task").inc(count)
     return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    content_type = request.headers.get("content-type", "application/json")
-    if "json" not in content_type.lower():
-        raise WrongContentType(f"Content-Type must be application/json, got {content_type!r}")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def flush(request: Request) -> Response:

@@ -10,27 +10,19 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from core.errors import BodyNotJson, FieldError, Invalid
+
 from core.records import (FIELD_CHECKS, KIND_SESSIONS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH, SESSION_DECODER,
                           TASK_DECODER, Session, SessionBatch, Task)
 
 _PATH_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
 
-class FieldError(Struct):
-    field: str
-    message: str
-
-
-class BodyNotJson(Exception):
-    """The body could not be parsed as JSON."""
-
-
-class BatchInvalid(Exception):
+class BatchInvalid(Invalid):
     """The JSON breaks the rules of API.md; errors names every bad field."""
 
     def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__(f"{len(errors)} invalid field(s)")
-        self.errors = errors
+        super().__init__(errors, "The batch was not accepted: fix every field listed in errors.")
 
 
 def validate_batch(kind: int, body: bytes) -> int:

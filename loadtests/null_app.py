@@ -2,7 +2,7 @@
 path without the spool.
 
 Same server (granian, ASGI, same flags as the supervisor uses), same
-framework (Starlette), same body reading (ingest.routes._read_body), same
+framework (Starlette), same body reading (core.http.read_body), same
 validation (ingest.validation.validate_batch, i.e. core.records.TASK_DECODER
 / SESSION_DECODER), same 202 answer; the only thing missing is the append to
 the spool and the wait for its commit. Nothing here is part of the service.
@@ -22,14 +22,14 @@ from core.http import json_response
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.times import iso_z, now_us
 from ingest.errors import EXCEPTION_HANDLERS
-from ingest.routes import _read_body
+from core.http import read_body
 from ingest.validation import validate_batch
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 async def _accept(request: Request, kind: int) -> Response:
-    body = await _read_body(request, MAX_BODY_BYTES)
+    body = await read_body(request, MAX_BODY_BYTES)
     count = validate_batch(kind, body)
     return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
 

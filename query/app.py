@@ -33,7 +33,6 @@ from query.count_cache import CountCache
 from query.read_threads import ReadThreads
 from query.stats_cache import StatsCache
 from query.system import system_routes
-from query.params import InvalidParams, errors_body
 from wal import Spool, SpoolError
 from core.health import health_report
 
@@ -58,19 +57,13 @@ async def health(request: Request) -> Response:
     return json_response(body, status)
 
 
-async def _invalid(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, InvalidParams)
-    return error_response(422, "Invalid query parameters: fix every field listed in errors.",
-                          "VALIDATION_ERROR", errors_body(exc))
-
-
 async def _unavailable(request: Request, exc: Exception) -> Response:
     logger.warning("read failed on %s: %s", request.url.path, exc)
     return error_response(503, "The database cannot be read now; retry later.",
                           "DATABASE_UNAVAILABLE", headers={"Retry-After": "5"})
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, InvalidParams: _invalid, ReadError: _unavailable,
+EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, ReadError: _unavailable,
                                       SpoolError: unavailable}
 
 ROUTES = [

@@ -16,7 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core.auth import ScopedRoute
-from core.http import error_response, field_error, json_response
+from core.errors import SessionNotFound
+from core.http import decode_body, error_response, json_response
 from core.records import (
     JSON_ENCODER,
     KIND_CLEANUP,
@@ -83,23 +84,19 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
     async def delete_session(request: Request) -> Response:
         session_id = request.path_params["session_id"]
         if len(session_id) > 36:
-            return _session_not_found(session_id)
+            raise SessionNotFound(session_id)
         return _answer(await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id)), session_id, request)
 
     async def set_status(request: Request) -> Response:
         session_id = request.path_params["session_id"]
-        change = await _decode(request, StatusChange)
-        if isinstance(change, Response):
-            return change
+        change = await decode_body(request, StatusChange, MAX_BODY_BYTES)
         if len(session_id) > 36:
-            return _session_not_found(session_id)
+            raise SessionNotFound(session_id)
         return _answer(await queue.run(KIND_SET_SESSION_STATUS, SetSessionStatus(session_id, change.status)),
                        session_id, request)
 
     async def cleanup(request: Request) -> Response:
-        body = await _decode(request, Cleanup, allow_empty=True)
-        if isinstance(body, Response):
-            return body
+        body = await decode_body(request, Cleanup, MAX_BODY_BYTES, allow_empty=True)
         command = CleanupCommand(body.completed_days, body.failed_days, body.dry_run)
         return _answer(await queue.run(KIND_CLEANUP, command), None, request)
 
@@ -117,7 +114,7 @@ def _answer(result: dict[str, Any] | None, session_id: str | None, request: Requ
                               "detail": "Accepted into the spool; it is applied in order once the database "
                                         "answers."}, 202)
     if result.get("status") == "not_found":
-        return _session_not_found(result["session_id"])
+        raise SessionNotFound(result["session_id"])
     if result.get("status") == "superseded":
         return error_response(
             409, f"Not applied: a write with a newer version (updated_at) reached the database first and its "
@@ -128,22 +125,3 @@ def _answer(result: dict[str, Any] | None, session_id: str | None, request: Requ
                                    "letters (GET /api/v1/system/dead-letters) and can be retried there.",
                               "COMMAND_FAILED", seq=result["seq"], request_id=request.state.request_id)
     return json_response(result)
-
-
-def _session_not_found(session_id: str) -> Response:
-    return error_response(404, "Session not found", "SESSION_NOT_FOUND", session_id=session_id)
-
-
-async def _decode(request: Request, kind: type[Struct], allow_empty: bool = False) -> Any:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes", "PAYLOAD_TOO_LARGE")
-    if allow_empty and not body.strip():
-        return kind()
-    try:
-        return msgspec.json.decode(body, type=kind)
-    except msgspec.ValidationError as exc:
-        return error_response(422, "The request was not accepted: fix the fields listed in errors.",
-                              "VALIDATION_ERROR", [field_error(exc)])
-    except msgspec.DecodeError as exc:
-        return error_response(400, f"the body is not valid JSON: {exc}", "INVALID_JSON")

@@ -14,12 +14,12 @@ import binascii
 import hashlib
 import re
 from datetime import datetime
-from typing import Any
 
 import msgspec
 from msgspec import Struct
 from starlette.datastructures import QueryParams
 
+from core.errors import FieldError, Invalid
 from core.times import db_text, to_us
 from plugins.reader import Page, PageRequest, SessionFilter, TaskFilter
 from query.views import SESSION_STATUSES, TASK_STATUSES
@@ -35,15 +35,9 @@ _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _SPACE_OFFSET = re.compile(r"(T.*) (\d{2}(:?\d{2})?)$")
 
 
-class FieldError(Struct):
-    field: str
-    message: str
-
-
-class InvalidParams(Exception):
+class InvalidParams(Invalid):
     def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
-        self.errors = errors
+        super().__init__(errors, "Invalid query parameters: fix every field listed in errors.")
 
 
 class Cursor(Struct, array_like=True):
@@ -191,7 +185,3 @@ def task_list(params: QueryParams) -> tuple[TaskFilter, ListQuery]:
                      created_from=r.time("from_date", is_upper=False),
                      created_before=r.time("to_date", is_upper=True))
     return flt, r.list_query("tasks", flt, len(flt.order))
-
-
-def errors_body(exc: InvalidParams) -> list[dict[str, Any]]:
-    return [{"field": e.field, "message": e.message} for e in exc.errors]

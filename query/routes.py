@@ -13,7 +13,8 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from core.http import error_response, json_response
+from core.errors import SessionNotFound, TaskNotFound
+from core.http import json_response
 from core.times import iso_z, now_us
 from plugins.reader import OPEN_STATUSES, Page, PageRequest, Reader, ReadError, SessionFilter, TaskFilter
 from query import params
@@ -38,10 +39,6 @@ _ENCODER = msgspec.json.Encoder()
 
 async def _db(request: Request, fn: Callable[..., T], *args: Any) -> T:
     return await request.state.read_threads.run(fn, *args)
-
-
-def _session_not_found(session_id: str) -> Response:
-    return error_response(404, "Session not found", "SESSION_NOT_FOUND", session_id=session_id)
 
 
 def _total(page: Page, query: ListQuery, known: int | None, count: Callable[[], int]) -> int:
@@ -100,7 +97,7 @@ async def get_session(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     row = await _db(request, request.state.reader.session, session_id)
     if row is None:
-        return _session_not_found(session_id)
+        raise SessionNotFound(session_id)
     return json_response(session_detail(row, now_us()))
 
 
@@ -110,7 +107,7 @@ async def list_session_tasks(request: Request) -> Response:
     reader: Reader = request.state.reader
     found = await _counted(request, flt, query, lambda known: _session_tasks(reader, flt, query, known))
     if found is None:
-        return _session_not_found(session_id)
+        raise SessionNotFound(session_id)
     page, total = found
     body = _list_page(query, page, total, [task_view(r) for r in page.rows])
     return json_response(SessionTaskPage(session_id, *msgspec.structs.astuple(body)))
@@ -120,7 +117,7 @@ async def get_task(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     row = await _db(request, request.state.reader.task, task_id)
     if row is None:
-        return error_response(404, "Task not found", "TASK_NOT_FOUND", task_id=task_id)
+        raise TaskNotFound(task_id)
     return json_response(task_view(row))
 
 
@@ -170,7 +167,7 @@ async def restore(request: Request) -> Response:
     reader: Reader = request.state.reader
     row = await _db(request, reader.session, session_id)
     if row is None:
-        return _session_not_found(session_id)
+        raise SessionNotFound(session_id)
     # The first chunk is read before the 200 goes out, so a database error is still a 503.
     first = await _db(request, reader.open_tasks, session_id, None, RESTORE_CHUNK_ROWS)
     return StreamingResponse(_restore_body(request, row, first), media_type="application/json")

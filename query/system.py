@@ -21,7 +21,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from core.auth import ScopedRoute
-from core.http import error_response, json_response
+from core.errors import BodyNotJson, FieldError, Invalid
+from core.http import field_error, json_response, read_body
 from core.records import (JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SESSIONS, KIND_SET_SESSION_STATUS,
                           KIND_TASKS)
 from core.redact import redact
@@ -36,7 +37,7 @@ from query.openapi_types import (
     RetryResult,
     SkippedLetter,
 )
-from query.params import FieldError, InvalidParams
+from query.params import InvalidParams
 from wal import Spool, dead_letters
 from wal.types import DeadLetter
 
@@ -113,26 +114,19 @@ def _integer(params: QueryParams, name: str, default: int, low: int, high: int, 
     return int(text)
 
 
-async def _selection(request: Request) -> DeadLetterSelection | Response:
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        return error_response(413, f"the body is larger than {MAX_BODY_BYTES} bytes", "PAYLOAD_TOO_LARGE")
+async def _selection(request: Request) -> DeadLetterSelection:
+    body = await read_body(request, MAX_BODY_BYTES)
     if not body.strip():
-        return _invalid_selection(_CHOOSE)
+        raise Invalid([FieldError("body", _CHOOSE)])
     try:
         selection = _SELECTION.decode(body)
     except msgspec.ValidationError as exc:
-        return _invalid_selection(str(exc).split(" - at ")[0])
+        raise Invalid([FieldError("body", field_error(exc)["message"])]) from None
     except msgspec.DecodeError as exc:
-        return error_response(400, f"the body is not valid JSON: {exc}", "INVALID_JSON")
+        raise BodyNotJson(f"the body is not valid JSON: {exc}") from None
     if selection.is_all == bool(selection.ids):
-        return _invalid_selection(_CHOOSE)
+        raise Invalid([FieldError("body", _CHOOSE)])
     return selection
-
-
-def _invalid_selection(message: str) -> Response:
-    return error_response(422, "The request was not accepted: fix the fields listed in errors.",
-                          "VALIDATION_ERROR", [{"field": "body", "message": message}])
 
 
 def system_routes(settings: Settings) -> list[ScopedRoute]:
@@ -150,16 +144,12 @@ def system_routes(settings: Settings) -> list[ScopedRoute]:
 
     async def retry(request: Request) -> Response:
         selection = await _selection(request)
-        if isinstance(selection, Response):
-            return selection
         ids = None if selection.is_all else selection.ids
         report = await run_in_threadpool(_with_spool, settings.spool, lambda s: dead_letters.retry(s, ids))
         return json_response(retry_result(report))
 
     async def purge(request: Request) -> Response:
         selection = await _selection(request)
-        if isinstance(selection, Response):
-            return selection
         ids = None if selection.is_all else selection.ids
         purged = await run_in_threadpool(_with_spool, settings.spool, lambda s: dead_letters.purge(s, ids))
         return json_response(PurgeResult("purged", purged))
