@@ -22,6 +22,7 @@ from starlette.responses import Response
 
 from core import VERSION
 from core.auth import ScopedRoute
+from core.kinds import KINDS
 from core.times import now_us
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -54,10 +55,11 @@ def mark_up(role: str) -> None:
     already at 1 reads as no increase)."""
     PROCESS_UP.labels(role).set(1)
     BUILD_INFO.labels(VERSION).set(1)
-    for kind in ("session", "task"):
-        RECORDS_ACCEPTED.labels(kind)
-        FLUSH_ROWS.labels(kind)
-        DEAD_LETTERED.labels(kind)
+    for kind in KINDS:
+        RECORDS_ACCEPTED.labels(kind.name)
+        FLUSH_ROWS.labels(kind.name)
+        DEAD_LETTERED.labels(kind.name)
+    DEAD_LETTERED.labels("command")
     for error_class in ("transient", "permanent"):
         SINK_ERRORS.labels(error_class)
 

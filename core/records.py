@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from core.times import db_text, to_us
+from core.times import to_us
 
 MAX_BATCH_ITEMS = 1000
 MAX_TEXT_BYTES = 65_535
@@ -158,6 +158,13 @@ _CHECKED_FIELDS: dict[type[Struct], tuple[tuple[str, ...], ...]] = {
     for kind in (Session, Task)}
 
 
+class Accepted(Struct):
+    """202 to a batch: it is durably in the spool."""
+    status: Literal["accepted"]
+    count: int
+    timestamp: IsoTime
+
+
 class SessionBatch(Struct):
     sessions: Annotated[list[Session], Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
 
@@ -202,8 +209,6 @@ KIND_CLEANUP = 5
 COMMAND_TYPES: dict[int, type[Struct]] = {
     KIND_DELETE_SESSION: DeleteSession, KIND_SET_SESSION_STATUS: SetSessionStatus, KIND_CLEANUP: CleanupCommand}
 
-SESSION_DECODER = msgspec.json.Decoder(SessionBatch)
-TASK_DECODER = msgspec.json.Decoder(TaskBatch)
 JSON_ENCODER = msgspec.json.Encoder()
 
 
@@ -214,44 +219,3 @@ class SpoolEntry(Struct, frozen=True):
     received_at_us: int
     record_count: int
     payload: bytes
-
-
-# Sink column order. Both sinks take rows as tuples in exactly this order.
-SESSION_COLUMNS = (
-    "session_id", "filename", "file_path", "status", "llm_provider", "game_info", "metadata",
-    "total_tasks", "completed_tasks", "failed_tasks", "processing_tasks", "created_at", "updated_at",
-)
-TASK_COLUMNS = (
-    "task_id", "session_id", "batch_id", "sheet_name", "row_index", "column_name", "source_text",
-    "target_text", "context", "status", "confidence", "error_message", "retry_count",
-    "start_time", "end_time", "duration_ms", "created_at", "updated_at",
-)
-
-
-def version_us(record: Session | Task, received_at_us: int) -> int:
-    """A record's version: its updated_at when the client sent one, else when
-    the service accepted it."""
-    return to_us(record.updated_at) if record.updated_at is not None else received_at_us
-
-
-def _json_or_none(value: JsonObject | None) -> str | None:
-    return None if value is None else JSON_ENCODER.encode(value).decode()
-
-
-def _time_or_none(value: datetime | None) -> str | None:
-    return None if value is None else db_text(to_us(value))
-
-
-def session_row(s: Session, version: int, received_at_us: int) -> tuple:
-    return (s.session_id, s.filename, s.file_path, s.status, s.llm_provider,
-            _json_or_none(s.game_info), _json_or_none(s.metadata), s.total_tasks,
-            s.completed_tasks, s.failed_tasks, s.processing_tasks,
-            db_text(received_at_us), db_text(version))
-
-
-def task_row(t: Task, version: int, received_at_us: int) -> tuple:
-    confidence = None if t.confidence is None else round(t.confidence, 4)
-    return (t.task_id, t.session_id, t.batch_id, t.sheet_name, t.row_index, t.column_name,
-            t.source_text, t.target_text, t.context, t.status, confidence, t.error_message,
-            t.retry_count, _time_or_none(t.start_time), _time_or_none(t.end_time), t.duration_ms,
-            db_text(received_at_us), db_text(version))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import msgspec
 from msgspec import DecodeError, Struct, ValidationError
 
-from core.records import (JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, SESSION_DECODER, TASK_DECODER, Session,
-                          SpoolEntry, Task, version_us)
+from core.kinds import BY_ENTRY_KIND, RecordKind
+from core.records import JSON_ENCODER, SpoolEntry
 
 
 class Item(Struct):
@@ -15,7 +18,7 @@ class Item(Struct):
     version: int
     seq: int  # spool order breaks version ties: the later write wins
     received_at_us: int
-    record: Session | Task
+    record: Any  # the kind's wire Struct
     held_id: int = 0  # set when the item comes back from the held table
     first_received_us: int = 0  # earliest acceptance of this key seen: becomes created_at
 
@@ -33,29 +36,34 @@ class BadEntry(Struct):
 
 
 class Coalesced(Struct):
-    sessions: dict[str, Item]
-    tasks: dict[str, Item]
+    by_kind: dict[str, dict[str, Item]]  # kind name -> key -> the winning write
     bad: list[BadEntry]
+
+    def of(self, kind: RecordKind) -> dict[str, Item]:
+        return self.by_kind.setdefault(kind.name, {})
 
 
 def coalesce(entries: list[SpoolEntry]) -> Coalesced:
-    """Per key, keep the record with the highest (version, seq)."""
-    out = Coalesced({}, {}, [])
+    """Per kind and key, keep the record with the highest (version, seq)."""
+    out = Coalesced({}, [])
     for entry in entries:
-        records: list[Session] | list[Task] | list[Session | Task]
+        kind = BY_ENTRY_KIND.get(entry.kind)
+        if kind is None:
+            out.bad.append(BadEntry(entry, f"undecodable spool entry: unknown entry kind {entry.kind}"))
+            continue
+        records: Sequence[Any]
         try:
-            records = _decode(entry)
+            records = kind.decode(entry.payload)
         except ValidationError:
             # Valid when it was accepted, refused by today's rules: keep the good
             # records, set the others apart one by one.
-            records = _decode_each(entry, out.bad)
+            records = _decode_each(kind, entry, out.bad)
         except DecodeError as exc:
             out.bad.append(BadEntry(entry, f"undecodable spool entry: {exc}"))
             continue
-        target = out.sessions if entry.kind == KIND_SESSIONS else out.tasks
+        target = out.of(kind)
         for record in records:
-            key = record.session_id if isinstance(record, Session) else record.task_id
-            merge(target, Item(key, version_us(record, entry.received_at_us), entry.seq,
+            merge(target, Item(kind.key(record), kind.version(record, entry.received_at_us), entry.seq,
                                entry.received_at_us, record))
     return out
 
@@ -71,29 +79,19 @@ def merge(target: dict[str, Item], item: Item) -> None:
     current.first_received_us = first
 
 
-def _decode(entry: SpoolEntry) -> list[Session] | list[Task]:
-    if entry.kind == KIND_SESSIONS:
-        return SESSION_DECODER.decode(entry.payload).sessions
-    if entry.kind == KIND_TASKS:
-        return TASK_DECODER.decode(entry.payload).tasks
-    raise DecodeError(f"unknown entry kind {entry.kind}")
-
-
-def _decode_each(entry: SpoolEntry, bad: list[BadEntry]) -> list[Session | Task]:
+def _decode_each(kind: RecordKind, entry: SpoolEntry, bad: list[BadEntry]) -> list[Any]:
     """The records of an entry that decode; each one that does not goes to bad."""
-    record_type: type[Session] | type[Task] = Session if entry.kind == KIND_SESSIONS else Task
-    key_field = "session_id" if entry.kind == KIND_SESSIONS else "task_id"
     body = msgspec.json.decode(entry.payload)
-    items = body.get("sessions" if entry.kind == KIND_SESSIONS else "tasks") if isinstance(body, dict) else None
+    items = body.get(kind.batch_field) if isinstance(body, dict) else None
     if not isinstance(items, list):
         bad.append(BadEntry(entry, "undecodable spool entry: no list of records"))
         return []
-    records: list[Session | Task] = []
+    records = []
     for raw in items:
         try:
-            records.append(msgspec.convert(raw, record_type))
+            records.append(msgspec.convert(raw, kind.record))
         except ValidationError as exc:
-            key = raw.get(key_field) if isinstance(raw, dict) else None
+            key = raw.get(kind.key_field) if isinstance(raw, dict) else None
             bad.append(BadEntry(entry, f"invalid record: {exc}", key if isinstance(key, str) else "",
                                 JSON_ENCODER.encode(raw)))
     return records

@@ -23,33 +23,34 @@ from collections.abc import Callable
 import msgspec
 from msgspec import Struct
 
-from core.records import (COMMAND_TYPES, JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, SpoolEntry, Task,
-                          session_row, task_row, version_us)
+from core.kinds import BY_NAME, KINDS, RecordKind
+from core.records import COMMAND_TYPES, JSON_ENCODER, SpoolEntry
 from core.settings import FlushSettings
 from core.times import now_us
 from core import metrics
-from flusher.coalesce import Item, coalesce, merge
+from flusher.coalesce import Coalesced, Item, coalesce, merge
 from flusher.commands import apply_command, encode_result, failed
 from plugins import RejectedRows, Sink, TransientSinkError
+from plugins.tables import TABLE_OF, Row, Table, TableRows
 from wal import Spool
 from wal.types import DeadLetter, DrainCommit, HeldTask
 
 logger = logging.getLogger(__name__)
 
-KNOWN_SESSIONS_MAX = 200_000  # cache of session ids seen in the sink; cleared when full
-_TASK_DECODER = msgspec.json.Decoder(Task)
-Row = tuple
+KNOWN_PARENTS_MAX = 200_000  # cache of parent keys seen in the sink, per kind; cleared when full
+# The held table keeps records of the one kind that names a parent (tasks):
+# a second such kind needs the held table to say which kind a row is.
+(HELD_KIND,) = [kind for kind in KINDS if kind.parent_field]
+Group = tuple[Table, list[tuple[Item, Row]]]  # one table's items with their rows, sorted by key
 
 
 class DrainReport(Struct):
     through_seq: int
-    sessions_written: int
-    tasks_written: int
+    written: dict[str, int]  # rows written, by kind name
     held: int
     released: int
-    dead: int
-    rejected: int = 0  # rows the database refused for good (a subset of dead)
-    dead_sessions: int = 0
+    dead: dict[str, int]  # records dead-lettered, by kind name
+    rejected: int = 0  # rows the database refused for good (counted in dead too)
 
 
 class Drainer:
@@ -58,7 +59,7 @@ class Drainer:
         self._sink = sink
         self._settings = settings
         self._clock = clock  # the healthy clock (flusher/clock.py): orphans wait on it
-        self._known_sessions: set[str] = set()
+        self._known: dict[str, set[str]] = {}  # parent kind name -> keys seen stored
         self._isolate_through = 0  # drain one entry at a time up to this seq (after a failed cycle)
         self._last_read_seq = 0
 
@@ -105,30 +106,35 @@ class Drainer:
         dead = [DeadLetter(b.entry.seq, b.entry.kind, b.record_key, b.entry.received_at_us, b.error,
                            b.payload or b.entry.payload) for b in batch.bad]
         for item in self._held_items(held, dead):
-            merge(batch.tasks, item)
-        sessions = sorted(batch.sessions.values(), key=_key)
-        writable, orphans = self._separate_orphans(sessions, sorted(batch.tasks.values(), key=_key))
-        session_rows = self._rows(sessions, dead)
-        task_rows = self._rows(writable, dead)
-        rejected = self._write_isolating(session_rows, task_rows)
+            merge(batch.of(HELD_KIND), item)
+        groups: list[Group] = []
+        orphans: list[Item] = []
+        for kind in KINDS:  # parents first, so a child finds its parent in this very batch
+            items = sorted(batch.of(kind).values(), key=_key)
+            if kind.parent_field:
+                items, waiting = self._separate_orphans(kind, items, batch)
+                orphans.extend(waiting)
+            groups.append((TABLE_OF[kind.name], self._rows(TABLE_OF[kind.name], items, dead)))
+        rejected = self._write_isolating([g for g in groups if g[1]])
         dead.extend(rejected)
-        self._known_sessions.update(i.key for i, _ in session_rows)
+        for table, pairs in groups:
+            if any(k.parent_kind == table.kind.name for k in KINDS):
+                self._remember(table.kind, {i.key for i, _ in pairs})
         orphans, expired = self._expire(orphans, {h.id: h for h in held})
         dead.extend(expired)
         now, clock = now_us(), self._clock()
-        hold = [HeldTask(i.key, i.record.session_id, i.received_at_us, now, _encode(i), held_at_clock_us=clock)
-                for i in orphans if not i.held_id]
+        hold = [HeldTask(i.key, HELD_KIND.parent(i.record), i.received_at_us, now, _encode(i),
+                         held_at_clock_us=clock) for i in orphans if not i.held_id]
         # An orphan already held stays where it is; released ones leave the table.
         still_held = {i.held_id for i in orphans}
         release = [h.id for h in held if h.id not in still_held]
+        written = {table.kind.name: len(pairs) - _count_dead(rejected, table.kind) for table, pairs in groups}
         change = DrainCommit(
             through_seq=entries[-1].seq if entries else 0,
-            sessions_written=len(session_rows) - _count_dead(rejected, KIND_SESSIONS),
-            tasks_written=len(task_rows) - _count_dead(rejected, KIND_TASKS),
+            sessions_written=written.get("session", 0), tasks_written=written.get("task", 0),
             hold=hold, release=release, dead=dead)
         self._spool.commit_drain(change)
-        return DrainReport(change.through_seq, change.sessions_written, change.tasks_written,
-                           len(hold), len(release), len(dead), len(rejected), _count_dead(dead, KIND_SESSIONS))
+        return DrainReport(change.through_seq, written, len(hold), len(release), _dead_by_kind(dead), len(rejected))
 
     def drain_held(self, held: list[HeldTask]) -> DrainReport:
         """Held tasks alone (between batches): those whose session is now stored are written."""
@@ -143,10 +149,9 @@ class Drainer:
         logger.error("spool entry %d (kind %d) set aside as a dead letter after %s",
                      entry.seq, entry.kind, type(error).__name__)
         results = [(entry.seq, encode_result(failed(entry, text)))] if entry.kind in COMMAND_TYPES else []
-        self._spool.commit_drain(DrainCommit(
-            through_seq=entry.seq, results=results,
-            dead=[DeadLetter(entry.seq, entry.kind, "", entry.received_at_us, text, entry.payload)]))
-        return DrainReport(entry.seq, 0, 0, 0, 0, 1, 0, int(entry.kind == KIND_SESSIONS))
+        dead = [DeadLetter(entry.seq, entry.kind, "", entry.received_at_us, text, entry.payload)]
+        self._spool.commit_drain(DrainCommit(through_seq=entry.seq, results=results, dead=dead))
+        return DrainReport(entry.seq, {}, 0, 0, _dead_by_kind(dead))
 
     def _apply_command(self, entry: SpoolEntry) -> DrainReport:
         try:
@@ -159,24 +164,24 @@ class Drainer:
             return self.set_aside(entry, exc)
         drop_held = []
         if applied.deleted_session is not None:
-            self._known_sessions.discard(applied.deleted_session)
+            self._known.get(HELD_KIND.parent_kind or "", set()).discard(applied.deleted_session)
             drop_held.append((applied.deleted_session, entry.received_at_us))
         self._spool.commit_drain(DrainCommit(through_seq=entry.seq, results=[(entry.seq, encode_result(applied))],
                                              drop_held=drop_held))
-        return DrainReport(entry.seq, 0, 0, 0, 0, 0)
+        return DrainReport(entry.seq, {}, 0, 0, {})
 
     def _held_items(self, held: list[HeldTask], dead: list[DeadLetter]) -> list[Item]:
-        """Held tasks come back as items, to be checked against the sink again."""
+        """Held records come back as items, to be checked against the sink again."""
         items = []
         for h in held:
             try:
-                task = _TASK_DECODER.decode(h.payload)
-                version = version_us(task, h.received_at_us)
+                record = HELD_KIND.decode_record(h.payload)
+                version = HELD_KIND.version(record, h.received_at_us)
             except (msgspec.DecodeError, ValueError, OverflowError) as exc:
-                dead.append(DeadLetter(0, KIND_TASKS, h.task_id, h.received_at_us, f"invalid held task: {exc}",
-                                       h.payload))
+                dead.append(DeadLetter(0, HELD_KIND.entry_kind, h.task_id, h.received_at_us,
+                                       f"invalid held record: {exc}", h.payload))
                 continue
-            items.append(Item(h.task_id, version, 0, h.received_at_us, task, h.id))
+            items.append(Item(h.task_id, version, 0, h.received_at_us, record, h.id))
         return items
 
     def _expire(self, orphans: list[Item], held: dict[int, HeldTask]) -> tuple[list[Item], list[DeadLetter]]:
@@ -189,77 +194,75 @@ class Drainer:
             waited = held.get(item.held_id)
             if waited is not None and clock - waited.held_at_clock_us >= grace_us:
                 expired.append(DeadLetter(
-                    0, KIND_TASKS, item.key, item.received_at_us,
-                    f"orphan: session {item.record.session_id!r} not found within orphan_grace "
+                    0, HELD_KIND.entry_kind, item.key, item.received_at_us,
+                    f"orphan: {HELD_KIND.parent_kind} {HELD_KIND.parent(item.record)!r} not found within orphan_grace "
                     f"({self._settings.orphan_grace:g} s of the database being reachable)", _encode(item)))
             else:
                 keep.append(item)
         return keep, expired
 
-    def _separate_orphans(self, sessions: list[Item], tasks: list[Item]) -> tuple[list[Item], list[Item]]:
-        present = {i.key for i in sessions} | self._known_sessions
-        unknown = {t.record.session_id for t in tasks} - present
+    def _separate_orphans(self, kind: RecordKind, items: list[Item], batch: Coalesced) -> tuple[list[Item], list[Item]]:
+        """(writable, orphans): items whose parent is in this batch or stored, and the others."""
+        assert kind.parent_kind is not None
+        parent = BY_NAME[kind.parent_kind]
+        known = self._known.setdefault(parent.name, set())
+        present = set(batch.of(parent)) | known
+        unknown = {kind.parent(i.record) for i in items} - present
         if unknown:
-            found = self._sink.existing_sessions(unknown)
-            self._remember(found)
+            found = self._sink.existing(TABLE_OF[parent.name], unknown)
+            self._remember(parent, found)
             present |= found
-        writable = [t for t in tasks if t.record.session_id in present]
-        orphans = [t for t in tasks if t.record.session_id not in present]
+        writable = [i for i in items if kind.parent(i.record) in present]
+        orphans = [i for i in items if kind.parent(i.record) not in present]
         return writable, orphans
 
-    def _remember(self, session_ids: set[str]) -> None:
-        if len(self._known_sessions) + len(session_ids) > KNOWN_SESSIONS_MAX:
-            self._known_sessions.clear()
-        self._known_sessions.update(session_ids)
+    def _remember(self, kind: RecordKind, keys: set[str]) -> None:
+        known = self._known.setdefault(kind.name, set())
+        if len(known) + len(keys) > KNOWN_PARENTS_MAX:
+            known.clear()
+        known.update(keys)
 
-    def _rows(self, items: list[Item], dead: list[DeadLetter]) -> list[tuple[Item, Row]]:
+    def _rows(self, table: Table, items: list[Item], dead: list[DeadLetter]) -> list[tuple[Item, Row]]:
         """Each item with its row; an item whose conversion fails becomes a dead letter."""
         rows = []
         for item in items:
             try:
-                rows.append((item, _row(item)))
+                rows.append((item, table.to_row(item.record, item.version, item.first_received_us)))
             except Exception as exc:  # any conversion bug stays with its record
                 logger.error("record %s cannot be converted to a row (%s); dead-lettered", item.key,
                              type(exc).__name__)
-                dead.append(_dead(item, _error_text(exc)))
+                dead.append(_dead(table.kind, item, _error_text(exc)))
         return rows
 
-    def _write_isolating(self, sessions: list[tuple[Item, Row]], tasks: list[tuple[Item, Row]]) -> list[DeadLetter]:
+    def _write_isolating(self, groups: list[Group]) -> list[DeadLetter]:
         """Write in one transaction; if the database refuses the batch for
         good, or writing it raises an unexpected error, split it until the
         failing rows are alone and dead-letter them."""
-        if not sessions and not tasks:
+        if not groups:
             return []
         try:
-            self._sink.write([r for _, r in sessions], [r for _, r in tasks])
+            self._sink.write([TableRows(table, [row for _, row in pairs]) for table, pairs in groups])
             return []
         except TransientSinkError:
             raise
         except Exception as exc:  # refused for good, or a bug met by some row: isolate it
-            if len(sessions) + len(tasks) == 1:
-                item = (sessions or tasks)[0][0]
+            if len(groups) == 1 and len(groups[0][1]) == 1:
+                table, ((item, _),) = groups[0]
                 if isinstance(exc, RejectedRows):
                     logger.warning("record %s refused by the database (%s); dead-lettered", item.key, exc.code)
                 else:
                     logger.error("record %s could not be written (%s); dead-lettered", item.key,
                                  type(exc).__name__)
-                return [_dead(item, exc.reason if isinstance(exc, RejectedRows) else _error_text(exc))]
-        if sessions and tasks:
-            return self._write_isolating(sessions, []) + self._write_isolating([], tasks)
-        pairs = sessions or tasks
+                return [_dead(table.kind, item, exc.reason if isinstance(exc, RejectedRows) else _error_text(exc))]
+        if len(groups) > 1:
+            return [letter for group in groups for letter in self._write_isolating([group])]
+        table, pairs = groups[0]
         half = len(pairs) // 2
-        if sessions:
-            return self._write_isolating(pairs[:half], []) + self._write_isolating(pairs[half:], [])
-        return self._write_isolating([], pairs[:half]) + self._write_isolating([], pairs[half:])
+        return self._write_isolating([(table, pairs[:half])]) + self._write_isolating([(table, pairs[half:])])
 
 
 def _key(item: Item) -> str:
     return item.key
-
-
-def _row(item: Item) -> Row:
-    make = task_row if isinstance(item.record, Task) else session_row
-    return make(item.record, item.version, item.first_received_us)  # type: ignore[arg-type]
 
 
 def _encode(item: Item) -> bytes:
@@ -270,21 +273,27 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _dead(item: Item, reason: str) -> DeadLetter:
-    kind = KIND_TASKS if isinstance(item.record, Task) else KIND_SESSIONS
-    return DeadLetter(item.seq, kind, item.key, item.received_at_us, reason, _encode(item))
+def _dead(kind: RecordKind, item: Item, reason: str) -> DeadLetter:
+    return DeadLetter(item.seq, kind.entry_kind, item.key, item.received_at_us, reason, _encode(item))
 
 
-def _count_dead(dead: list[DeadLetter], kind: int) -> int:
-    return sum(1 for d in dead if d.kind == kind)
+def _count_dead(dead: list[DeadLetter], kind: RecordKind) -> int:
+    return sum(1 for d in dead if d.kind == kind.entry_kind)
+
+
+def _dead_by_kind(dead: list[DeadLetter]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for letter in dead:
+        name = next((k.name for k in KINDS if k.entry_kind == letter.kind), "command")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def _count(report: DrainReport) -> None:
     metrics.FLUSH_BATCHES.inc()
-    metrics.FLUSH_ROWS.labels("session").inc(report.sessions_written)
-    metrics.FLUSH_ROWS.labels("task").inc(report.tasks_written)
+    for kind, rows in report.written.items():
+        metrics.FLUSH_ROWS.labels(kind).inc(rows)
     if report.rejected:  # one error per cycle, as for transient ones; the rows are counted as dead letters
         metrics.SINK_ERRORS.labels("permanent").inc()
-    metrics.DEAD_LETTERED.labels("session").inc(report.dead_sessions)
-    metrics.DEAD_LETTERED.labels("task").inc(report.dead - report.dead_sessions)
-
+    for kind, letters in report.dead.items():
+        metrics.DEAD_LETTERED.labels(kind).inc(letters)

@@ -13,6 +13,7 @@ from starlette.middleware import Middleware
 from core import metrics
 from core.logging import setup_logging
 from core.auth import ApiKeyAuth, ScopedRoute
+from core.kinds import KINDS
 from core.middleware import RequestContext
 from core.settings import Settings, load_settings
 from core.times import now_us
@@ -34,8 +35,7 @@ class State(TypedDict):
 
 
 ROUTES = [
-    ScopedRoute("/api/v1/translation/sessions/batch", routes.post_sessions, methods=["POST"], access="write"),
-    ScopedRoute("/api/v1/translation/tasks/batch", routes.post_tasks, methods=["POST"], access="write"),
+    *(ScopedRoute(kind.path, routes.batch_endpoint(kind), methods=["POST"], access="write") for kind in KINDS),
     ScopedRoute("/api/v1/translation/flush", routes.flush, methods=["POST"], access="write"),
     ScopedRoute("/health", routes.health, methods=["GET"], access="open"),
     *metrics.METRICS_ROUTES,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -12,7 +13,8 @@ from starlette.responses import Response
 from core import VERSION
 from core.http import json_response, read_body
 from core.metrics import RECORDS_ACCEPTED
-from core.records import KIND_SESSIONS, KIND_TASKS
+from core.kinds import RecordKind
+from core.records import Accepted
 from core.times import iso_z, now_us
 from ingest.validation import validate_batch
 from core.health import health_report
@@ -21,20 +23,16 @@ from wal.types import Append
 FLUSH_POLL_S = 0.02
 
 
-async def post_sessions(request: Request) -> Response:
-    return await _accept(request, KIND_SESSIONS)
-
-
-async def post_tasks(request: Request) -> Response:
-    return await _accept(request, KIND_TASKS)
-
-
-async def _accept(request: Request, kind: int) -> Response:
-    body = await read_body(request, request.state.max_body_bytes, request.state.body_timeout)
-    count = validate_batch(kind, body)
-    await request.state.writer.append(Append(kind, body, count))
-    RECORDS_ACCEPTED.labels("session" if kind == KIND_SESSIONS else "task").inc(count)
-    return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
+def batch_endpoint(kind: RecordKind) -> Callable[[Request], Awaitable[Response]]:
+    """POST a batch of this kind: validate it whole, spool it (group commit), 202."""
+    async def accept(request: Request) -> Response:
+        body = await read_body(request, request.state.max_body_bytes, request.state.body_timeout)
+        count = validate_batch(kind, body)
+        await request.state.writer.append(Append(kind.entry_kind, body, count))
+        RECORDS_ACCEPTED.labels(kind.name).inc(count)
+        return json_response(Accepted("accepted", count, iso_z(now_us())), 202)
+    accept.__name__ = f"post_{kind.batch_field}"
+    return accept
 
 
 async def flush(request: Request) -> Response:

@@ -12,8 +12,8 @@ from msgspec import Struct
 
 from core.errors import BodyNotJson, FieldError, Invalid
 
-from core.records import (FIELD_CHECKS, KIND_SESSIONS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH, SESSION_DECODER,
-                          TASK_DECODER, Session, SessionBatch, Task)
+from core.kinds import RecordKind
+from core.records import FIELD_CHECKS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH
 
 _PATH_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
@@ -25,20 +25,19 @@ class BatchInvalid(Invalid):
         super().__init__(errors, "The batch was not accepted: fix every field listed in errors.")
 
 
-def validate_batch(kind: int, body: bytes) -> int:
-    """Returns the number of records in a valid batch; raises BodyNotJson or
-    BatchInvalid otherwise."""
+def validate_batch(kind: RecordKind, body: bytes) -> int:
+    """Returns the number of records in a valid batch of this kind; raises
+    BodyNotJson or BatchInvalid otherwise."""
     try:
         return _validate(kind, body)
     except RecursionError:  # nested past Python's recursion limit, far deeper than any sink stores
-        raise BatchInvalid([FieldError("sessions" if kind == KIND_SESSIONS else "tasks",
+        raise BatchInvalid([FieldError(kind.batch_field,
                                        f"objects and arrays nest deeper than {MAX_JSON_DEPTH} levels")]) from None
 
 
-def _validate(kind: int, body: bytes) -> int:
-    decoder = SESSION_DECODER if kind == KIND_SESSIONS else TASK_DECODER
+def _validate(kind: RecordKind, body: bytes) -> int:
     try:
-        batch = decoder.decode(body)
+        records = kind.decode(body)
     except msgspec.ValidationError as exc:
         try:
             errors = _collect_errors(kind, body, exc)
@@ -47,11 +46,11 @@ def _validate(kind: int, body: bytes) -> int:
         raise BatchInvalid(errors) from None
     except msgspec.DecodeError as exc:
         raise BodyNotJson(f"the body is not valid JSON: {exc}") from None
-    return len(batch.sessions if isinstance(batch, SessionBatch) else batch.tasks)
+    return len(records)
 
 
-def _collect_errors(kind: int, body: bytes, first: msgspec.ValidationError) -> list[FieldError]:
-    list_name, item_type = ("sessions", Session) if kind == KIND_SESSIONS else ("tasks", Task)
+def _collect_errors(kind: RecordKind, body: bytes, first: msgspec.ValidationError) -> list[FieldError]:
+    list_name, item_type = kind.batch_field, kind.record
     doc = msgspec.json.decode(body)  # valid JSON: the fast path got past parsing
     errors = _check_envelope(doc, list_name)
     if isinstance(doc, dict) and isinstance(doc.get(list_name), list):

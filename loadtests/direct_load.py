@@ -8,7 +8,7 @@ records, one transaction each), by
    INSERT ... SELECT ... ON DUPLICATE KEY UPDATE with the same version guard.
 
 Both include the Python side the service must do too: decoding the spooled
-JSON (core.records decoders) and building rows (core.records.task_row).
+JSON (core.kinds) and building rows (plugins.tables).
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ from typing import Any
 
 import pymysql
 
-from core.records import (KIND_SESSIONS, SESSION_COLUMNS, SESSION_DECODER, TASK_COLUMNS, TASK_DECODER,
-                          session_row, task_row, version_us)
+from core.kinds import BY_ENTRY_KIND
 from loadtests.mariadb_server import PrivateMariaDB
-from plugins.mysql import ISOLATION, SESSION_INIT, SESSION_UPSERT, TASK_UPSERT
+from plugins.mysql import ISOLATION, SESSION_INIT, UPSERTS
+from plugins.tables import SESSION_TABLE, TABLE_OF, TASK_TABLE
+
+SESSION_UPSERT, TASK_UPSERT = UPSERTS[SESSION_TABLE.name], UPSERTS[TASK_TABLE.name]
+SESSION_COLUMNS, TASK_COLUMNS = SESSION_TABLE.columns, TASK_TABLE.columns
 
 Entry = tuple[int, int, int, int, bytes]  # seq, kind, received_at_us, record_count, payload
 BATCH_ROWS = 1000
@@ -58,15 +61,13 @@ def batches(entries: list[Entry], max_rows: int = BATCH_ROWS) -> Iterator[list[E
 
 def batch_rows(batch: list[Entry]) -> tuple[list[tuple], list[tuple]]:
     """Session and task rows of one batch, last write per key, sorted by key as the flusher writes them."""
-    sessions: dict[str, tuple] = {}
-    tasks: dict[str, tuple] = {}
-    for _seq, kind, received, _count, payload in batch:
-        if kind == KIND_SESSIONS:
-            for s in SESSION_DECODER.decode(payload).sessions:
-                sessions[s.session_id] = session_row(s, version_us(s, received), received)
-        else:
-            for t in TASK_DECODER.decode(payload).tasks:
-                tasks[t.task_id] = task_row(t, version_us(t, received), received)
+    rows: dict[str, dict[str, tuple]] = {"session": {}, "task": {}}
+    for _seq, entry_kind, received, _count, payload in batch:
+        kind = BY_ENTRY_KIND[entry_kind]
+        table = TABLE_OF[kind.name]
+        for record in kind.decode(payload):
+            rows[kind.name][kind.key(record)] = table.to_row(record, kind.version(record, received), received)
+    sessions, tasks = rows["session"], rows["task"]
     return [sessions[k] for k in sorted(sessions)], [tasks[k] for k in sorted(tasks)]
 
 

@@ -29,7 +29,7 @@ from loadtests.bench_service import Reaper, ServiceProc
 from loadtests.loadgen import RawHttp
 from loadtests.mariadb_server import PrivateMariaDB
 from loadtests.procstat import proc_cpu_s, roles_of
-from core.records import TASK_COLUMNS
+from plugins.tables import TASK_TABLE
 from plugins.mysql_reader import AVERAGE_SESSION_S, CONVERSIONS, DATABASE_BYTES
 from plugins.read_sql import ReadSql
 from plugins.reader import (AVERAGE_TASK_MS, SESSION_STATUS_COUNTS, TASK_STATUS_COUNTS, PageRequest, SessionFilter,
@@ -105,7 +105,7 @@ def print_statement_forms(url: str, session_id: str, repeats: int = 200) -> None
     or through a deferred join (keys first, then rows)."""
     json_sql, plain_sql = ReadSql("%s", deferred_join=True, json_rows=True), ReadSql("%s", deferred_join=True)
     page = TaskFilter(session_id=session_id, by_layout=True)
-    columns = ", ".join(f"t.{c}" for c in TASK_COLUMNS)
+    columns = ", ".join(f"t.{c}" for c in TASK_TABLE.columns)
     order = "ORDER BY t.sheet_name, t.row_index, t.column_name, t.task_id"
     deferred_first = (f"SELECT JSON_ARRAY({columns}) FROM (SELECT task_id FROM translation_tasks WHERE session_id = %s"
                       f" {order.replace('t.', '')} LIMIT %s) k JOIN translation_tasks t ON t.task_id = k.task_id {order}")

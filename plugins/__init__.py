@@ -1,7 +1,7 @@
 """Storage backends behind one small interface.
 
-A Sink writes coalesced batches. Rows are tuples in the column order of
-core.records.SESSION_COLUMNS / TASK_COLUMNS, sorted by primary key. Each
+A Sink writes coalesced batches: per table (plugins/tables.py, a record
+kind's table contract), rows as tuples in its column order, sorted by key. Each
 backend converts its driver's errors into exactly two types: TransientSinkError
 (the flusher retries, in order) and RejectedRows (the rows are refused for
 good; the flusher isolates and dead-letters them). The flusher never imports a
@@ -11,10 +11,13 @@ driver.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from core.settings import SinkSettings
+
+if TYPE_CHECKING:
+    from plugins.tables import Table, TableRows
 
 
 class SinkError(Exception):
@@ -47,10 +50,11 @@ class Sink(Protocol):
     def migrate(self) -> None:
         """Create the database objects when missing; safe to run repeatedly and concurrently."""
 
-    def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
-        """Upsert sessions, then tasks, in one transaction. Per key the row with
-        the highest updated_at (the version) wins, whatever the order batches
-        arrive in; created_at keeps the earliest. Replaying a batch is harmless."""
+    def write(self, batch: Sequence[TableRows]) -> None:
+        """Upsert every table's rows, in the order given (parents first), in one
+        transaction. Per key the row with the highest updated_at (the version)
+        wins, whatever the order batches arrive in; created_at keeps the
+        earliest. Replaying a batch is harmless."""
 
     def delete_session(self, session_id: str) -> int | None:
         """Delete a session and all its tasks; the number of tasks deleted, or
@@ -65,8 +69,8 @@ class Sink(Protocol):
         ones updated before failed_before, with their tasks, in bounded
         transactions; (sessions, tasks) deleted, or that would be with dry_run."""
 
-    def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
-        """The subset of session_ids that are stored."""
+    def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
+        """The subset of keys that are stored in table."""
 
     def ping(self) -> bool:
         """True when the database answers now."""

@@ -15,10 +15,10 @@ from urllib.parse import unquote, urlsplit
 import pymysql
 from pymysql.constants import CLIENT
 
-from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
 from plugins import RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
+from plugins.tables import TABLES, Table, TableRows
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
@@ -36,54 +36,9 @@ SESSION_INIT = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION
 ISOLATION = "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"
 
 
-def _tables(collation: str) -> list[str]:
-    tail = f"ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}"
-    return [
-        f"""CREATE TABLE IF NOT EXISTS translation_sessions (
-            session_id VARCHAR(36) NOT NULL PRIMARY KEY,
-            filename VARCHAR(255) NOT NULL,
-            file_path VARCHAR(512) NOT NULL,
-            status ENUM('pending','processing','completed','failed','cancelled') NOT NULL,
-            llm_provider VARCHAR(50) NOT NULL,
-            game_info JSON NULL,
-            metadata JSON NULL,
-            total_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
-            completed_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
-            failed_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
-            processing_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
-            created_at DATETIME(6) NOT NULL,
-            updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
-            KEY idx_sessions_status_created (status, created_at),
-            KEY idx_sessions_created (created_at),
-            KEY idx_sessions_updated (updated_at),
-            KEY idx_read_sessions_status_updated (status, updated_at)
-        ) {tail}""",
-        f"""CREATE TABLE IF NOT EXISTS translation_tasks (
-            task_id VARCHAR(64) NOT NULL PRIMARY KEY,
-            session_id VARCHAR(36) NOT NULL,
-            batch_id VARCHAR(64) NOT NULL,
-            sheet_name VARCHAR(255) NOT NULL,
-            row_index BIGINT UNSIGNED NOT NULL,
-            column_name VARCHAR(255) NOT NULL,
-            source_text TEXT NOT NULL,
-            target_text TEXT NULL,
-            context TEXT NULL,
-            status ENUM('pending','processing','completed','failed') NOT NULL,
-            confidence DECIMAL(5,4) NULL,
-            error_message TEXT NULL,
-            retry_count BIGINT UNSIGNED NOT NULL DEFAULT 0,
-            start_time DATETIME(6) NULL,
-            end_time DATETIME(6) NULL,
-            duration_ms BIGINT UNSIGNED NULL,
-            created_at DATETIME(6) NOT NULL,
-            updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
-            KEY idx_tasks_session_order (session_id, sheet_name, row_index, column_name),
-            KEY idx_tasks_session_status (session_id, status),
-            KEY idx_tasks_status_created (status, created_at),
-            KEY idx_read_tasks_created (created_at),
-            KEY idx_read_tasks_session_created (session_id, created_at)
-        ) {tail}""",
-    ]
+def _create(table: Table, collation: str) -> str:
+    return (f"CREATE TABLE IF NOT EXISTS {table.name} ({table.mysql_columns}\n)"
+            f" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}")
 
 
 def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
@@ -98,8 +53,7 @@ def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
     )
 
 
-SESSION_UPSERT = _upsert("translation_sessions", SESSION_COLUMNS)
-TASK_UPSERT = _upsert("translation_tasks", TASK_COLUMNS)
+UPSERTS = {table.name: _upsert(table.name, table.columns) for table in TABLES}
 
 
 class MysqlSink:
@@ -129,21 +83,22 @@ class MysqlSink:
                 cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self._database}`"
                             f" CHARACTER SET utf8mb4 COLLATE {collation}")
                 cur.execute(f"USE `{self._database}`")
-                for ddl in _tables(collation):
-                    cur.execute(ddl)
+                for table in TABLES:
+                    cur.execute(_create(table, collation))
             conn.commit()
         except pymysql.err.MySQLError as exc:
             raise _convert(exc) from exc
         finally:
             conn.close()
 
-    def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
-        """One transaction: sessions, then tasks; per key the highest updated_at wins."""
+    def write(self, batch: Sequence[TableRows]) -> None:
+        """One transaction, table by table; per key the highest updated_at wins."""
         try:
             conn = self._connection()
             with conn.cursor() as cur:
-                for (prefix, suffix), rows in ((SESSION_UPSERT, sessions), (TASK_UPSERT, tasks)):
-                    for statement in statements(prefix, rows, suffix, self._max_stmt_bytes):
+                for part in batch:
+                    prefix, suffix = UPSERTS[part.table.name]
+                    for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
                         cur.execute(statement)
             conn.commit()
         except pymysql.err.MySQLError as exc:
@@ -220,16 +175,15 @@ class MysqlSink:
             self._rollback_or_drop(exc)
             raise _convert(exc) from exc
 
-    def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
-        ids = list(session_ids)
+    def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
+        ids = list(keys)
         found: set[str] = set()
         try:
             conn = self._connection()
             with conn.cursor() as cur:
                 for start in range(0, len(ids), 500):
                     chunk = ids[start:start + 500]
-                    cur.execute("SELECT session_id FROM translation_sessions WHERE session_id IN %s",
-                                (chunk,))
+                    cur.execute(f"SELECT {table.key} FROM {table.name} WHERE {table.key} IN %s", (chunk,))
                     found.update(row[0] for row in cur.fetchall())
             conn.rollback()  # end the read transaction
         except pymysql.err.MySQLError as exc:

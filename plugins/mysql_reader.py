@@ -15,9 +15,9 @@ from pymysql.constants import FIELD_TYPE
 from pymysql.converters import conversions
 from pymysql.cursors import Cursor
 
-from core.records import TASK_COLUMNS
 from core.settings import SinkSettings
 from plugins.mysql import ISOLATION, READ_TIMEOUT_S, SESSION_INIT
+from plugins.tables import TABLES, TASK_TABLE
 from plugins.read_sql import ReadSql, SqlReader, make_page, open_walk_page, open_walk_start
 from plugins.reader import (
     AVERAGE_TASK_MS,
@@ -45,17 +45,14 @@ CONVERSIONS[FIELD_TYPE.DECIMAL] = float
 # 2006 server gone, 2013 lost during query, 2055 lost (SSL/read), 4031 idle disconnect (MySQL 8).
 _CONNECTION_LOST = {2006, 2013, 2055, 4031}
 _DUPLICATE_INDEX = 1061
-# (table, name, columns): added online, beside the sink's own indexes.
-INDEXES = (
-    ("translation_sessions", "idx_read_sessions_status_updated", "status, updated_at"),
-    ("translation_tasks", "idx_read_tasks_created", "created_at"),
-    ("translation_tasks", "idx_read_tasks_session_created", "session_id, created_at"),
-)
+# (table, name, columns): the tables' read indexes (plugins/tables.py), added
+# online to tables made before they were declared.
+INDEXES = tuple((table.name, index.name, index.mysql_columns) for table in TABLES for index in table.read_indexes)
 AVERAGE_SESSION_S = ("SELECT AVG(TIMESTAMPDIFF(MICROSECOND, created_at, updated_at)) / 1000000"
                      " FROM translation_sessions WHERE status = 'completed'")
 DATABASE_BYTES = ("SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables"
                   " WHERE table_schema = DATABASE()")
-_TASK_ID = TASK_COLUMNS.index("task_id")
+_TASK_ID = TASK_TABLE.columns.index("task_id")
 _JSON_ROWS = msgspec.json.Decoder(list[tuple])
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from msgspec import Struct
 
-from core.records import SESSION_COLUMNS, TASK_COLUMNS
+from plugins.tables import SESSION_TABLE, TASK_TABLE, Table
 from plugins.reader import OPEN_STATUSES, Key, Page, PageRequest, SessionFilter, TaskFilter
 
 
@@ -37,14 +36,14 @@ class SqlReader:
 
     def sessions(self, flt: SessionFilter, page: PageRequest) -> Page:
         rows = self._fetch_rows(*self._sql.sessions(flt, page))
-        return make_page(rows, page.limit, key_getter(SESSION_COLUMNS, flt.order))
+        return make_page(rows, page.limit, key_getter(SESSION_TABLE.columns, flt.order))
 
     def count_sessions(self, flt: SessionFilter) -> int:
         return int(self._fetch(*self._sql.count_sessions(flt))[0][0])
 
     def tasks(self, flt: TaskFilter, page: PageRequest) -> Page:
         rows = self._fetch_rows(*self._sql.tasks(flt, page))
-        return make_page(rows, page.limit, key_getter(TASK_COLUMNS, flt.order))
+        return make_page(rows, page.limit, key_getter(TASK_TABLE.columns, flt.order))
 
     def count_tasks(self, flt: TaskFilter) -> int:
         return int(self._fetch(*self._sql.count_tasks(flt))[0][0])
@@ -77,24 +76,8 @@ def _after_params(key: Key, row_values: bool) -> list[str | int]:
     return [*params, key[-1]]
 
 
-class Table(Struct, frozen=True):
-    name: str
-    key: str
-    columns: tuple[str, ...]
-    json_columns: tuple[str, ...] = ()  # stored JSON: read back as its text
-
-    def select_list(self, prefix: str = "", as_json: bool = False) -> str:
-        """The columns to select; as_json: one JSON array per row instead, with
-        stored JSON as text (JSON_ARRAY would embed it as a value)."""
-        if not as_json:
-            return ", ".join(prefix + c for c in self.columns)
-        listed = ", ".join(f"CAST({prefix}{c} AS CHAR CHARACTER SET utf8mb4)" if c in self.json_columns
-                           else prefix + c for c in self.columns)
-        return f"JSON_ARRAY({listed})"
-
-
-SESSIONS = Table("translation_sessions", "session_id", SESSION_COLUMNS, json_columns=("game_info", "metadata"))
-TASKS = Table("translation_tasks", "task_id", TASK_COLUMNS)
+SESSIONS = SESSION_TABLE
+TASKS = TASK_TABLE
 
 
 class ReadSql:

@@ -7,36 +7,18 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
 from plugins import RejectedRows, StatusChange, TransientSinkError
+from plugins.tables import TABLES, Table, TableRows
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS translation_sessions (
-    session_id TEXT PRIMARY KEY, filename TEXT NOT NULL, file_path TEXT NOT NULL,
-    status TEXT NOT NULL, llm_provider TEXT NOT NULL, game_info TEXT, metadata TEXT,
-    total_tasks INTEGER NOT NULL DEFAULT 0, completed_tasks INTEGER NOT NULL DEFAULT 0,
-    failed_tasks INTEGER NOT NULL DEFAULT 0, processing_tasks INTEGER NOT NULL DEFAULT 0,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_sessions_status_created ON translation_sessions (status, created_at);
-CREATE INDEX IF NOT EXISTS idx_sessions_created ON translation_sessions (created_at);
-CREATE INDEX IF NOT EXISTS idx_sessions_updated ON translation_sessions (updated_at);
-CREATE TABLE IF NOT EXISTS translation_tasks (
-    task_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, batch_id TEXT NOT NULL,
-    sheet_name TEXT NOT NULL, row_index INTEGER NOT NULL, column_name TEXT NOT NULL,
-    source_text TEXT NOT NULL, target_text TEXT, context TEXT, status TEXT NOT NULL,
-    confidence REAL, error_message TEXT, retry_count INTEGER NOT NULL DEFAULT 0,
-    start_time TEXT, end_time TEXT, duration_ms INTEGER,
-    created_at TEXT NOT NULL, updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS idx_tasks_session_order ON translation_tasks (session_id, sheet_name, row_index, column_name);
-CREATE INDEX IF NOT EXISTS idx_tasks_session_status ON translation_tasks (session_id, status);
-CREATE INDEX IF NOT EXISTS idx_tasks_status_created ON translation_tasks (status, created_at);
-CREATE INDEX IF NOT EXISTS idx_read_sessions_status_updated ON translation_sessions (status, updated_at);
-CREATE INDEX IF NOT EXISTS idx_read_tasks_created ON translation_tasks (created_at, task_id);
-CREATE INDEX IF NOT EXISTS idx_read_tasks_session_created ON translation_tasks (session_id, created_at, task_id);
-"""
+def _schema(table: Table) -> str:
+    indexes = [*table.sqlite_indexes, *(f"{i.name} ({i.sqlite_columns})" for i in table.read_indexes)]
+    return "".join([f"CREATE TABLE IF NOT EXISTS {table.name} ({table.sqlite_columns}\n);\n",
+                    *(f"CREATE INDEX IF NOT EXISTS {i.split(' ', 1)[0]} ON {table.name} {i.split(' ', 1)[1]};\n"
+                      for i in indexes)])
+
+
+SCHEMA = "".join(_schema(table) for table in TABLES)
 
 
 def _upsert(table: str, columns: Sequence[str]) -> str:
@@ -52,8 +34,7 @@ def _upsert(table: str, columns: Sequence[str]) -> str:
 
 CLEANUP_CHUNK = 100  # sessions per cleanup transaction
 
-SESSION_UPSERT = _upsert("translation_sessions", SESSION_COLUMNS)
-TASK_UPSERT = _upsert("translation_tasks", TASK_COLUMNS)
+UPSERTS = {table.name: _upsert(table.name, table.columns) for table in TABLES}
 
 
 class SqliteSink:
@@ -74,13 +55,12 @@ class SqliteSink:
         """Create tables and indexes when missing."""
         self._conn.executescript(SCHEMA)
 
-    def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
-        """One transaction: sessions, then tasks; per key the highest updated_at wins."""
+    def write(self, batch: Sequence[TableRows]) -> None:
+        """One transaction, table by table; per key the highest updated_at wins."""
         with self._transaction() as conn:
-            if sessions:
-                conn.executemany(SESSION_UPSERT, sessions)
-            if tasks:
-                conn.executemany(TASK_UPSERT, tasks)
+            for part in batch:
+                if part.rows:
+                    conn.executemany(UPSERTS[part.table.name], part.rows)
 
     def delete_session(self, session_id: str) -> int | None:
         with self._transaction() as conn:
@@ -135,13 +115,13 @@ class SqliteSink:
                 raise _convert(exc) from exc
             raise
 
-    def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
-        ids = list(session_ids)
+    def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
+        ids = list(keys)
         found: set[str] = set()
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             rows = self._conn.execute(
-                f"SELECT session_id FROM translation_sessions WHERE session_id IN ({', '.join('?' * len(chunk))})",
+                f"SELECT {table.key} FROM {table.name} WHERE {table.key} IN ({', '.join('?' * len(chunk))})",
                 chunk).fetchall()
             found.update(r[0] for r in rows)
         return found

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from core.settings import SinkSettings
+from plugins.tables import TABLES
 from plugins.read_sql import ReadSql, SqlReader, make_page, open_walk_page, open_walk_start
 from plugins.reader import (
     AVERAGE_TASK_MS,
@@ -27,14 +28,11 @@ from plugins.reader import (
 
 T = TypeVar("T")
 
-# The sink's indexes cover most reads; these serve the rest without a sort or scan.
-# They end with task_id, as InnoDB's do implicitly: the tasks of one request
-# share created_at, and task_id orders them inside the index.
-INDEXES = """
-CREATE INDEX IF NOT EXISTS idx_read_sessions_status_updated ON translation_sessions (status, updated_at);
-CREATE INDEX IF NOT EXISTS idx_read_tasks_created ON translation_tasks (created_at, task_id);
-CREATE INDEX IF NOT EXISTS idx_read_tasks_session_created ON translation_tasks (session_id, created_at, task_id);
-"""
+# The tables' read indexes (plugins/tables.py): the sink's cover most reads, these
+# serve the rest without a sort or scan. On SQLite they end with the key, as
+# InnoDB's do implicitly: the tasks of one request share created_at.
+INDEXES = "".join(f"CREATE INDEX IF NOT EXISTS {index.name} ON {table.name} ({index.sqlite_columns});\n"
+                  for table in TABLES for index in table.read_indexes)
 AVERAGE_SESSION_S = ("SELECT AVG((julianday(updated_at) - julianday(created_at)) * 86400.0)"
                      " FROM translation_sessions WHERE status = 'completed'")
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Raw, Struct, field
 
 from core.health import Buffer, FlusherState, Health  # noqa: F401 (the /health answer, defined once there)
-from core.records import IsoTime
+from core.records import Accepted, IsoTime  # noqa: F401 (Accepted: the 202 answer, defined there)
 from query.views import SessionDetail, SessionSummary, TaskView
 
 
@@ -28,12 +28,6 @@ class ErrorBody(Struct):
 
 
 # -- writes -------------------------------------------------------------------
-
-class Accepted(Struct):
-    status: Literal["accepted"]
-    count: int
-    timestamp: IsoTime
-
 
 class FlushResult(Struct):
     """200 with status flushed; 503 with status error, detail and error_code."""

@@ -65,6 +65,8 @@ class SpoolBase:
         """Inside a transaction: the one way entries are added (append, salvage,
         dead-letter retry), with the state counters that count them. Returns
         their seqs."""
+        # The spool counts waiting records per kind in state columns (FORMAT.md): a
+        # new kind of record needs its column there too.
         seqs, added = [], {KIND_SESSIONS: 0, KIND_TASKS: 0}
         for received_at_us, item in rows:
             cur = conn.execute("INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",

@@ -21,16 +21,13 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from core.records import COMMAND_TYPES, JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, Session, SessionBatch, Task, TaskBatch
+from core.kinds import BY_ENTRY_KIND, RecordKind
+from core.records import COMMAND_TYPES
 from core.times import from_us
 from wal.spool import Spool
 from wal.types import Append, DeadLetter
 
 RETRY_CHUNK = 500  # dead letters per retry transaction: bounds memory and lock time
-_RECORD_DECODERS: dict[int, msgspec.json.Decoder[Any]] = {
-    KIND_SESSIONS: msgspec.json.Decoder(Session), KIND_TASKS: msgspec.json.Decoder(Task)}
-_BATCH_DECODERS: dict[int, msgspec.json.Decoder[Any]] = {
-    KIND_SESSIONS: msgspec.json.Decoder(SessionBatch), KIND_TASKS: msgspec.json.Decoder(TaskBatch)}
 
 
 class Skipped(Struct, frozen=True):
@@ -93,33 +90,32 @@ def _entry(dead: DeadLetter) -> Append | str:
     """The spool entry that replays this dead letter, or why there is none."""
     if dead.kind in COMMAND_TYPES:  # a command the database refused: replayed as it was
         return Append(dead.kind, dead.payload, 1)
-    if dead.kind not in _RECORD_DECODERS:
+    kind = BY_ENTRY_KIND.get(dead.kind)
+    if kind is None:
         return f"kind {dead.kind} is not a record kind"
-    records = _records(dead.kind, dead.payload)
+    records = _records(kind, dead.payload)
     if isinstance(records, str):
         return f"the payload cannot be replayed ({records}); purge it, or fix and resend it"
     version = from_us(dead.received_at_us)
     batch = [_versioned(r, version) for r in records]
-    body = SessionBatch(batch) if dead.kind == KIND_SESSIONS else TaskBatch(batch)  # type: ignore[arg-type]
-    return Append(dead.kind, JSON_ENCODER.encode(body), len(batch))
+    return Append(dead.kind, kind.encode_batch(batch), len(batch))
 
 
-def _records(kind: int, payload: bytes) -> list[Session] | list[Task] | str:
+def _records(kind: RecordKind, payload: bytes) -> Sequence[Any] | str:
     """One record (a refused row, an expired orphan), or the records of a whole
     entry that was dead-lettered because it could not be decoded; else the
     decoder's complaint."""
     try:
-        return [_RECORD_DECODERS[kind].decode(payload)]
+        return [kind.decode_record(payload)]
     except msgspec.DecodeError as exc:
         as_record = str(exc)
     try:
-        batch = _BATCH_DECODERS[kind].decode(payload)
+        return kind.decode(payload)
     except msgspec.DecodeError as exc:
         return f"as a record: {as_record}; as a batch: {exc}"
-    return batch.sessions if isinstance(batch, SessionBatch) else batch.tasks
 
 
-def _versioned(record: Session | Task, version: datetime) -> Session | Task:
-    if record.updated_at is not None:
+def _versioned(record: Any, version: datetime) -> Any:
+    if getattr(record, "updated_at", None) is not None or not hasattr(record, "updated_at"):
         return record
     return msgspec.structs.replace(record, updated_at=version)

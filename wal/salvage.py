@@ -17,13 +17,14 @@ from pathlib import Path
 import msgspec
 from msgspec import Struct
 
-from core.records import COMMAND_TYPES, KIND_SESSIONS, KIND_TASKS, SESSION_DECODER, TASK_DECODER
+from core.kinds import KINDS
+from core.records import COMMAND_TYPES
 from core.settings import SpoolSettings
 from wal import schema
 from wal.spool import Spool
 from wal.types import Append
 
-_DECODERS = {KIND_SESSIONS: SESSION_DECODER.decode, KIND_TASKS: TASK_DECODER.decode,
+_DECODERS = {**{kind.entry_kind: kind.decoder.decode for kind in KINDS},
              **{kind: msgspec.json.Decoder(kind_type).decode for kind, kind_type in COMMAND_TYPES.items()}}
 
 

@@ -278,8 +278,10 @@ class Load:
             answer = client.post(f"http://127.0.0.1:{self.service.ingest_port}{SESSIONS}",
                                  content=_ENCODE({"sessions": records}), headers=_JSON)
             outcome: int | str = answer.status_code
+            if outcome != 202:
+                outcome = f"{outcome} {answer.text[:300]}" if first else outcome
         except httpx.HTTPError as exc:
-            outcome = type(exc).__name__
+            outcome = f"{type(exc).__name__}: {exc}" if first else type(exc).__name__
         done = now_us()
         for write in batch:
             write.sent_us, write.done_us, write.acked = sent, done, outcome == 202

@@ -136,7 +136,8 @@ def test_a_stuck_flusher_makes_health_unhealthy_and_raises_the_metric(service_fa
 
 
 def test_orphans_wait_only_while_the_database_is_reachable(service_factory, tmp_path) -> None:
-    from core.records import Session, session_row
+    from core.records import Session
+    from plugins.tables import SESSION_TABLE, TableRows
     from core.settings import SinkSettings
     from core.times import now_us
     from plugins.sqlite import SqliteSink
@@ -148,7 +149,8 @@ def test_orphans_wait_only_while_the_database_is_reachable(service_factory, tmp_
     assert svc.stop() == 0
     # While the service is stopped, another writer stores session a; then more than orphan_grace passes.
     sink = SqliteSink.connect(SinkSettings(url=url))
-    sink.write([session_row(msgspec.convert(session("a"), Session), now_us(), now_us())], [])
+    row = SESSION_TABLE.to_row(msgspec.convert(session("a"), Session), now_us(), now_us())
+    sink.write([TableRows(SESSION_TABLE, [row])])
     sink.close()
     time.sleep(4)
     svc.start()

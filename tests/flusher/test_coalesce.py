@@ -44,7 +44,7 @@ def test_highest_version_wins_in_any_order(rng: random.Random) -> None:
             best = max(mine, key=lambda w: (w[1], w[2]))  # later write breaks a version tie
             # Within one entry the later item wins a tie too; the model keeps the last max.
             ties = [w for w in mine if (w[1], w[2]) == (best[1], best[2])]
-            item = result.tasks[key]
+            item = result.by_kind["task"][key]
             assert (item.version, item.seq) == (best[1], best[2])
             assert item.record.status == ties[-1][3]
             assert item.first_received_us == min(w[4] for w in mine)
@@ -56,5 +56,5 @@ def test_undecodable_entry_is_reported_not_raised() -> None:
     bad = SpoolEntry(2, KIND_TASKS, BASE_US, 1, b'{"tasks": [{"task_id": 1}]}')
     unknown = SpoolEntry(3, 99, BASE_US, 1, b"{}")
     result = coalesce([good, bad, unknown])
-    assert list(result.sessions) == ["s"]
+    assert list(result.by_kind["session"]) == ["s"]
     assert [b.entry.seq for b in result.bad] == [2, 3]

@@ -17,6 +17,7 @@ from core.records import KIND_DELETE_SESSION, KIND_SESSIONS, KIND_TASKS, DeleteS
 from core.settings import FlushSettings, SinkSettings, SpoolSettings
 from flusher.loop import Flusher
 from plugins.sqlite import SqliteSink
+from plugins.tables import Table, TableRows
 from tests.harness import session, sink_rows, task, wait_for
 from wal import Spool
 from wal.types import Append
@@ -33,16 +34,16 @@ class BuggySink(SqliteSink):
     bad_lookups: set[str] = set()
     bad_deletes: set[str] = set()
 
-    def write(self, sessions: Sequence[tuple], tasks: Sequence[tuple]) -> None:
-        if any(row[0] in self.bad_rows for row in [*sessions, *tasks]):
+    def write(self, batch: Sequence[TableRows]) -> None:
+        if any(row[0] in self.bad_rows for part in batch for row in part.rows):
             raise PlantedBug("row bug")
-        super().write(sessions, tasks)
+        super().write(batch)
 
-    def existing_sessions(self, session_ids: Iterable[str]) -> set[str]:
-        ids = set(session_ids)
+    def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
+        ids = set(keys)
         if ids & self.bad_lookups:
             raise PlantedBug("lookup bug")
-        return super().existing_sessions(ids)
+        return super().existing(table, ids)
 
     def delete_session(self, session_id: str) -> int | None:
         if session_id in self.bad_deletes:

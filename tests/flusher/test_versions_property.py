@@ -16,7 +16,7 @@ from core.records import KIND_TASKS, SpoolEntry
 from core.settings import SinkSettings
 from core.times import iso_z
 from flusher.coalesce import coalesce
-from flusher.drain import _row
+from plugins.tables import SESSION_TABLE, TASK_TABLE, TableRows
 from plugins import Sink, open_sink
 from tests.harness import sink_rows
 
@@ -77,10 +77,12 @@ def test_sink_keeps_the_highest_version(sink: Sink, sink_url: str, groups: list[
     batches = [entries[a:b] for a, b in zip([0, *cuts], [*cuts, len(entries)]) if entries[a:b]]
     order = data.draw(st.permutations(batches))
     replays = data.draw(st.lists(st.sampled_from(batches), max_size=2))
-    sink.write([("s", "f", "p", "pending", "x", None, None, 0, 0, 0, 0,
-                 "2025-01-01 00:00:00.000000", "2025-01-01 00:00:00.000000")], [])
+    sink.write([TableRows(SESSION_TABLE, [("s", "f", "p", "pending", "x", None, None, 0, 0, 0, 0,
+                                          "2025-01-01 00:00:00.000000", "2025-01-01 00:00:00.000000")])])
     for batch in [*order, *replays]:
         merged = coalesce(batch)
-        sink.write([], [_row(item) for item in sorted(merged.tasks.values(), key=lambda i: i.key)])
+        items = sorted(merged.by_kind["task"].values(), key=lambda i: i.key)
+        sink.write([TableRows(TASK_TABLE, [TASK_TABLE.to_row(i.record, i.version, i.first_received_us)
+                                           for i in items])])
     stored = {r["task_id"]: r["status"] for r in sink_rows(sink_url, "translation_tasks", "task_id, status")}
     assert stored == _expected(groups)

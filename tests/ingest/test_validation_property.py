@@ -7,7 +7,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.records import KIND_TASKS
+from core.kinds import TASKS
 from ingest.validation import BatchInvalid, validate_batch
 
 text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
@@ -39,7 +39,7 @@ BREAKERS: dict[str, list[object]] = {
 @settings(max_examples=150, deadline=None)
 @given(st.lists(valid_task, min_size=1, max_size=20))
 def test_valid_batches_are_accepted(tasks: list[dict]) -> None:
-    assert validate_batch(KIND_TASKS, msgspec.json.encode({"tasks": tasks})) == len(tasks)
+    assert validate_batch(TASKS, msgspec.json.encode({"tasks": tasks})) == len(tasks)
 
 
 @settings(max_examples=150, deadline=None)
@@ -49,7 +49,7 @@ def test_one_broken_field_is_named(tasks: list[dict], data: st.DataObject) -> No
     field = data.draw(st.sampled_from(sorted(BREAKERS)))
     tasks[index][field] = data.draw(st.sampled_from(BREAKERS[field]))
     try:
-        validate_batch(KIND_TASKS, msgspec.json.encode({"tasks": tasks}))
+        validate_batch(TASKS, msgspec.json.encode({"tasks": tasks}))
     except BatchInvalid as exc:
         assert [e.field for e in exc.errors] == [f"tasks[{index}].{field}"]
     else:

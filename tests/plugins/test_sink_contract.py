@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from core.records import SESSION_COLUMNS, TASK_COLUMNS
 from core.settings import SinkSettings
 from core.times import db_text
 from plugins import RejectedRows, Sink, StatusChange, open_sink
 from plugins.mysql_literal import statements
+from plugins.tables import SESSION_TABLE, TASK_TABLE, TableRows
 from tests.harness import sink_rows
 
 T0 = 1_750_000_000_000_000
@@ -24,6 +24,10 @@ def sink(sink_url: str) -> Iterator[Sink]:
     sink.migrate()
     yield sink
     sink.close()
+
+
+def _write(sink: Sink, sessions: list[tuple], tasks: list[tuple]) -> None:
+    sink.write([TableRows(SESSION_TABLE, sessions), TableRows(TASK_TABLE, tasks)])
 
 
 def _session(session_id: str, version: int, status: str = "processing", created: int = T0) -> tuple:
@@ -46,41 +50,41 @@ def test_migrate_is_repeatable(sink: Sink) -> None:
 
 
 def test_rows_round_trip_exactly(sink: Sink, sink_url: str) -> None:
-    sink.write([_session("s-1", T0)], [_task("t-1", T0, NASTY), _task("t-2", T0, "x" * 65535)])
+    _write(sink, [_session("s-1", T0)], [_task("t-1", T0, NASTY), _task("t-2", T0, "x" * 65535)])
     rows = _tasks(sink_url)
     assert rows["t-1"]["source_text"] == NASTY
     assert len(rows["t-2"]["source_text"]) == 65535
     (session,) = sink_rows(sink_url, "translation_sessions")
-    assert [session[c] for c in SESSION_COLUMNS[:4]] == ["s-1", "f.xlsx", "/f.xlsx", "processing"]
+    assert [session[c] for c in SESSION_TABLE.columns[:4]] == ["s-1", "f.xlsx", "/f.xlsx", "processing"]
 
 
 def test_highest_version_wins_across_batches(sink: Sink, sink_url: str) -> None:
-    sink.write([], [_task("t-1", T0 + 10, "new", created=T0 + 10)])
-    sink.write([], [_task("t-1", T0 + 5, "stale", created=T0 + 5)])  # older version, arrives later
-    sink.write([], [_task("t-1", T0 + 10, "new", created=T0 + 10)])  # replay: harmless
+    _write(sink, [], [_task("t-1", T0 + 10, "new", created=T0 + 10)])
+    _write(sink, [], [_task("t-1", T0 + 5, "stale", created=T0 + 5)])  # older version, arrives later
+    _write(sink, [], [_task("t-1", T0 + 10, "new", created=T0 + 10)])  # replay: harmless
     row = _tasks(sink_url)["t-1"]
     assert row["source_text"] == "new"
     assert str(row["updated_at"]).startswith(db_text(T0 + 10)[:26])
     assert str(row["created_at"]).startswith(db_text(T0 + 5)[:19])  # the earliest acceptance
-    sink.write([], [_task("t-1", T0 + 11, "newer")])
+    _write(sink, [], [_task("t-1", T0 + 11, "newer")])
     assert _tasks(sink_url)["t-1"]["source_text"] == "newer"
 
 
-def test_existing_sessions(sink: Sink) -> None:
-    sink.write([_session("s-1", T0), _session("s-2", T0)], [])
-    assert sink.existing_sessions(["s-1", "s-3", "s-2"]) == {"s-1", "s-2"}
-    assert sink.existing_sessions([f"n-{i}" for i in range(1200)] + ["s-1"]) == {"s-1"}
-    assert sink.existing_sessions([]) == set()
+def test_existing_keys(sink: Sink) -> None:
+    _write(sink, [_session("s-1", T0), _session("s-2", T0)], [])
+    assert sink.existing(SESSION_TABLE, ["s-1", "s-3", "s-2"]) == {"s-1", "s-2"}
+    assert sink.existing(SESSION_TABLE, [f"n-{i}" for i in range(1200)] + ["s-1"]) == {"s-1"}
+    assert sink.existing(SESSION_TABLE, []) == set()
 
 
 def test_a_refused_batch_leaves_nothing(sink: Sink, sink_url: str) -> None:
     bad = list(_task("t-bad", T0))
-    bad[TASK_COLUMNS.index("source_text")] = None  # NOT NULL column
+    bad[TASK_TABLE.columns.index("source_text")] = None  # NOT NULL column
     with pytest.raises(RejectedRows):
-        sink.write([_session("s-9", T0)], [_task("t-ok", T0), tuple(bad)])
+        _write(sink, [_session("s-9", T0)], [_task("t-ok", T0), tuple(bad)])
     assert sink_rows(sink_url, "translation_tasks") == []
     assert sink_rows(sink_url, "translation_sessions") == []
-    sink.write([], [_task("t-ok", T0)])  # the sink is usable afterwards
+    _write(sink, [], [_task("t-ok", T0)])  # the sink is usable afterwards
     assert set(_tasks(sink_url)) == {"t-ok"}
 
 
@@ -97,7 +101,7 @@ def test_statements_respect_the_size_limit() -> None:
 
 
 def test_delete_session_removes_its_tasks_only(sink: Sink, sink_url: str) -> None:
-    sink.write([_session("s-1", T0), _session("s-2", T0)],
+    _write(sink, [_session("s-1", T0), _session("s-2", T0)],
                [_task(f"a-{i}", T0, session_id="s-1") for i in range(7)] + [_task("b-1", T0, session_id="s-2")])
     assert sink.delete_session("s-1") == 7
     assert sink.delete_session("s-1") is None
@@ -106,7 +110,7 @@ def test_delete_session_removes_its_tasks_only(sink: Sink, sink_url: str) -> Non
 
 
 def test_set_session_status_respects_versions(sink: Sink, sink_url: str) -> None:
-    sink.write([_session("s-1", T0 + 100)], [])
+    _write(sink, [_session("s-1", T0 + 100)], [])
     assert sink.set_session_status("s-1", "processing", db_text(T0 + 100)) == StatusChange(True, "processing")
     # An older change is not applied, and says so with the status that stays.
     assert sink.set_session_status("s-1", "failed", db_text(T0 + 50)) == StatusChange(False, "processing")
@@ -119,7 +123,7 @@ def test_set_session_status_respects_versions(sink: Sink, sink_url: str) -> None
 
 def test_cleanup_by_status_and_age(sink: Sink, sink_url: str) -> None:
     old, new = T0, T0 + 10 * 86_400_000_000
-    sink.write([_session("c-old", old, "completed"), _session("c-new", new, "completed"),
+    _write(sink, [_session("c-old", old, "completed"), _session("c-new", new, "completed"),
                 _session("f-old", old, "failed"), _session("p-old", old, "processing")],
                [_task("t1", old, session_id="c-old"), _task("t2", old, session_id="f-old"),
                 _task("t3", old, session_id="p-old")])

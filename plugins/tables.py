@@ -1,0 +1,170 @@
+"""Table contracts: for each record kind, the table that stores it, declared
+once for both backends: its columns in row order (the key first, the two
+times last), how a record becomes a row, its DDL on MySQL/MariaDB and on
+SQLite, and the indexes the readers add. The sinks build their upserts and
+schemas from these; the readers their select lists.
+
+Times are stored as DATETIME(6)-style text in UTC (core.times.db_text);
+`updated_at` is the record's version, `created_at` when the service first
+accepted its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from msgspec import Struct
+
+from core.kinds import SESSIONS, TASKS, RecordKind
+from core.records import JSON_ENCODER, JsonObject, Session, Task
+from core.times import db_text, to_us
+
+Row = tuple
+
+
+class ReadIndex(Struct, frozen=True):
+    """An index the readers need and the writers do not: added online at start."""
+    name: str
+    mysql_columns: str
+    sqlite_columns: str
+
+
+@dataclass(frozen=True, eq=False)
+class Table:
+    kind: RecordKind
+    name: str
+    columns: tuple[str, ...]  # row order; columns[0] is the key
+    to_row: Callable[[Any, int, int], Row]  # (record, version us, created us) -> row
+    mysql_columns: str  # the body of CREATE TABLE, indexes included
+    sqlite_columns: str
+    sqlite_indexes: tuple[str, ...] = ()  # (column list) per write-side index
+    json_columns: tuple[str, ...] = ()  # stored JSON: read back as its text
+    read_indexes: tuple[ReadIndex, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return self.columns[0]
+
+    def select_list(self, prefix: str = "", as_json: bool = False) -> str:
+        """The columns to select; as_json: one JSON array per row instead, with
+        stored JSON as text (JSON_ARRAY would embed it as a value)."""
+        if not as_json:
+            return ", ".join(prefix + c for c in self.columns)
+        listed = ", ".join(f"CAST({prefix}{c} AS CHAR CHARACTER SET utf8mb4)" if c in self.json_columns
+                           else prefix + c for c in self.columns)
+        return f"JSON_ARRAY({listed})"
+
+
+def _json_or_none(value: JsonObject | None) -> str | None:
+    return None if value is None else JSON_ENCODER.encode(value).decode()
+
+
+def _time_or_none(value: datetime | None) -> str | None:
+    return None if value is None else db_text(to_us(value))
+
+
+def session_row(s: Session, version: int, created_us: int) -> Row:
+    return (s.session_id, s.filename, s.file_path, s.status, s.llm_provider,
+            _json_or_none(s.game_info), _json_or_none(s.metadata), s.total_tasks,
+            s.completed_tasks, s.failed_tasks, s.processing_tasks, db_text(created_us), db_text(version))
+
+
+def task_row(t: Task, version: int, created_us: int) -> Row:
+    confidence = None if t.confidence is None else round(t.confidence, 4)
+    return (t.task_id, t.session_id, t.batch_id, t.sheet_name, t.row_index, t.column_name,
+            t.source_text, t.target_text, t.context, t.status, confidence, t.error_message,
+            t.retry_count, _time_or_none(t.start_time), _time_or_none(t.end_time), t.duration_ms,
+            db_text(created_us), db_text(version))
+
+
+SESSION_TABLE = Table(
+    kind=SESSIONS, name="translation_sessions",
+    columns=("session_id", "filename", "file_path", "status", "llm_provider", "game_info", "metadata",
+             "total_tasks", "completed_tasks", "failed_tasks", "processing_tasks", "created_at", "updated_at"),
+    to_row=session_row,
+    mysql_columns="""
+        session_id VARCHAR(36) NOT NULL PRIMARY KEY,
+        filename VARCHAR(255) NOT NULL,
+        file_path VARCHAR(512) NOT NULL,
+        status ENUM('pending','processing','completed','failed','cancelled') NOT NULL,
+        llm_provider VARCHAR(50) NOT NULL,
+        game_info JSON NULL,
+        metadata JSON NULL,
+        total_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        completed_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        failed_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        processing_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        created_at DATETIME(6) NOT NULL,
+        updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
+        KEY idx_sessions_status_created (status, created_at),
+        KEY idx_sessions_created (created_at),
+        KEY idx_sessions_updated (updated_at),
+        KEY idx_read_sessions_status_updated (status, updated_at)""",
+    sqlite_columns="""
+        session_id TEXT PRIMARY KEY, filename TEXT NOT NULL, file_path TEXT NOT NULL,
+        status TEXT NOT NULL, llm_provider TEXT NOT NULL, game_info TEXT, metadata TEXT,
+        total_tasks INTEGER NOT NULL DEFAULT 0, completed_tasks INTEGER NOT NULL DEFAULT 0,
+        failed_tasks INTEGER NOT NULL DEFAULT 0, processing_tasks INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL""",
+    sqlite_indexes=("idx_sessions_status_created (status, created_at)", "idx_sessions_created (created_at)",
+                    "idx_sessions_updated (updated_at)"),
+    json_columns=("game_info", "metadata"),
+    read_indexes=(ReadIndex("idx_read_sessions_status_updated", "status, updated_at", "status, updated_at"),),
+)
+
+TASK_TABLE = Table(
+    kind=TASKS, name="translation_tasks",
+    columns=("task_id", "session_id", "batch_id", "sheet_name", "row_index", "column_name", "source_text",
+             "target_text", "context", "status", "confidence", "error_message", "retry_count",
+             "start_time", "end_time", "duration_ms", "created_at", "updated_at"),
+    to_row=task_row,
+    mysql_columns="""
+        task_id VARCHAR(64) NOT NULL PRIMARY KEY,
+        session_id VARCHAR(36) NOT NULL,
+        batch_id VARCHAR(64) NOT NULL,
+        sheet_name VARCHAR(255) NOT NULL,
+        row_index BIGINT UNSIGNED NOT NULL,
+        column_name VARCHAR(255) NOT NULL,
+        source_text TEXT NOT NULL,
+        target_text TEXT NULL,
+        context TEXT NULL,
+        status ENUM('pending','processing','completed','failed') NOT NULL,
+        confidence DECIMAL(5,4) NULL,
+        error_message TEXT NULL,
+        retry_count BIGINT UNSIGNED NOT NULL DEFAULT 0,
+        start_time DATETIME(6) NULL,
+        end_time DATETIME(6) NULL,
+        duration_ms BIGINT UNSIGNED NULL,
+        created_at DATETIME(6) NOT NULL,
+        updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
+        KEY idx_tasks_session_order (session_id, sheet_name, row_index, column_name),
+        KEY idx_tasks_session_status (session_id, status),
+        KEY idx_tasks_status_created (status, created_at),
+        KEY idx_read_tasks_created (created_at),
+        KEY idx_read_tasks_session_created (session_id, created_at)""",
+    sqlite_columns="""
+        task_id TEXT PRIMARY KEY, session_id TEXT NOT NULL, batch_id TEXT NOT NULL,
+        sheet_name TEXT NOT NULL, row_index INTEGER NOT NULL, column_name TEXT NOT NULL,
+        source_text TEXT NOT NULL, target_text TEXT, context TEXT, status TEXT NOT NULL,
+        confidence REAL, error_message TEXT, retry_count INTEGER NOT NULL DEFAULT 0,
+        start_time TEXT, end_time TEXT, duration_ms INTEGER,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL""",
+    sqlite_indexes=("idx_tasks_session_order (session_id, sheet_name, row_index, column_name)",
+                    "idx_tasks_session_status (session_id, status)", "idx_tasks_status_created (status, created_at)"),
+    read_indexes=(ReadIndex("idx_read_tasks_created", "created_at", "created_at, task_id"),
+                  ReadIndex("idx_read_tasks_session_created", "session_id, created_at",
+                            "session_id, created_at, task_id")),
+)
+
+# Every table, in the order a drain writes them (a parent before its children).
+TABLES: tuple[Table, ...] = (SESSION_TABLE, TASK_TABLE)
+TABLE_OF: dict[str, Table] = {table.kind.name: table for table in TABLES}
+
+
+class TableRows(Struct):
+    """Rows for one table, sorted by key: what Sink.write takes, one per table, in TABLES order."""
+    table: Table
+    rows: list[Row]
