@@ -165,6 +165,24 @@ class Accepted(Struct):
     timestamp: IsoTime
 
 
+class FieldProblem(Struct):
+    field: str
+    message: str
+
+
+class FlushResult(Struct, omit_defaults=True):
+    """POST /flush: 200 with status flushed; 503 with status error, detail and error_code."""
+    status: Literal["flushed", "error"]
+    sessions_written: int  # rows written to the database while the call waited
+    tasks_written: int
+    tasks_held: int  # orphan tasks set aside until their session is stored
+    dead_lettered: int  # records moved to the dead letters
+    duration_ms: float
+    detail: str | None = None
+    error_code: str | None = None
+    errors: list[FieldProblem] | None = None
+
+
 class SessionBatch(Struct):
     sessions: Annotated[list[Session], Meta(min_length=1, max_length=MAX_BATCH_ITEMS)]
 

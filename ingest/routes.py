@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,7 +13,7 @@ from core import VERSION
 from core.http import json_response, read_body
 from core.metrics import RECORDS_ACCEPTED
 from core.kinds import RecordKind
-from core.records import Accepted
+from core.records import Accepted, FlushResult
 from core.times import iso_z, now_us
 from ingest.validation import validate_batch
 from core.health import health_report
@@ -49,15 +48,10 @@ async def flush(request: Request) -> Response:
     while spool.flushed_seq() < target and time.monotonic() < deadline:
         await asyncio.sleep(FLUSH_POLL_S)
     done = spool.totals().since(before)
-    body: dict[str, Any] = {
-        "status": "flushed" if spool.flushed_seq() >= target else "error",
-        "sessions_written": done.sessions_written,
-        "tasks_written": done.tasks_written,
-        "tasks_held": done.tasks_held,
-        "dead_lettered": done.records_dead,
-        "duration_ms": round((time.monotonic() - started) * 1000, 1),
-    }
-    if body["status"] == "flushed":
+    flushed = spool.flushed_seq() >= target
+    answer = FlushResult("flushed" if flushed else "error", done.sessions_written, done.tasks_written,
+                         done.tasks_held, done.records_dead, round((time.monotonic() - started) * 1000, 1))
+    if flushed:
         notes = []
         if done.tasks_held:
             notes.append(f"{done.tasks_held} task(s) are held until their session is stored (orphans; see "
@@ -65,16 +59,13 @@ async def flush(request: Request) -> Response:
         if done.records_dead:
             notes.append(f"{done.records_dead} record(s) could not be stored and were moved to the dead letters "
                          f"(GET /api/v1/system/dead-letters)")
-        if notes:
-            body["detail"] = "; ".join(notes) + "."
-        return json_response(body)
-    stats = spool.stats()
-    reason = stats.sink_error or "the flusher has not caught up"
-    body["detail"] = (f"Not everything reached the database within {request.state.flush_timeout} s "
-                      f"({reason}); nothing is lost, it is written when the database is back.")
-    body["error_code"] = "FLUSH_TIMEOUT"
-    body["errors"] = []
-    return json_response(body, 503, {"Retry-After": "5"})
+        answer.detail = "; ".join(notes) + "." if notes else None
+        return json_response(answer)
+    reason = spool.stats().sink_error or "the flusher has not caught up"
+    answer.detail = (f"Not everything reached the database within {request.state.flush_timeout} s "
+                     f"({reason}); nothing is lost, it is written when the database is back.")
+    answer.error_code, answer.errors = "FLUSH_TIMEOUT", []
+    return json_response(answer, 503, {"Retry-After": "5"})
 
 
 async def health(request: Request) -> Response:

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from core.auth import ScopedRoute
 from core.errors import SessionNotFound
 from core.http import decode_body, error_response, json_response
+from query.openapi_types import Queued
 from core.records import (
     JSON_ENCODER,
     KIND_CLEANUP,
@@ -110,9 +111,8 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
 
 def _answer(result: dict[str, Any] | None, session_id: str | None, request: Request) -> Response:
     if result is None:
-        return json_response({"status": "queued", "session_id": session_id,
-                              "detail": "Accepted into the spool; it is applied in order once the database "
-                                        "answers."}, 202)
+        return json_response(Queued("queued", session_id, "Accepted into the spool; it is applied in order once "
+                                                          "the database answers."), 202)
     if result.get("status") == "not_found":
         raise SessionNotFound(result["session_id"])
     if result.get("status") == "superseded":

@@ -173,7 +173,7 @@ def _types(ops: tuple[Op, ...]) -> list[type[Struct]]:
     found: list[type[Struct]] = [t.ErrorBody]
     for op in ops:
         for kind in (op.body, *op.answers.values()):
-            if isinstance(kind, type) and kind not in found:
+            if kind is not None and not isinstance(kind, str) and kind not in found:  # a Struct, or a generic one's alias
                 found.append(kind)
     return found
 

@@ -11,13 +11,8 @@ from typing import Annotated, Literal
 from msgspec import Meta, Raw, Struct, field
 
 from core.health import Buffer, FlusherState, Health  # noqa: F401 (the /health answer, defined once there)
-from core.records import Accepted, IsoTime  # noqa: F401 (Accepted: the 202 answer, defined there)
-from query.views import SessionDetail, SessionSummary, TaskView
-
-
-class FieldProblem(Struct):
-    field: str
-    message: str
+from core.records import Accepted, FieldProblem, FlushResult, IsoTime  # noqa: F401 (write answers, defined there)
+from query.views import ListPage, SessionDetail, SessionSummary, SessionTaskPage, TaskView
 
 
 class ErrorBody(Struct):
@@ -29,47 +24,12 @@ class ErrorBody(Struct):
 
 # -- writes -------------------------------------------------------------------
 
-class FlushResult(Struct):
-    """200 with status flushed; 503 with status error, detail and error_code."""
-    status: Literal["flushed", "error"]
-    sessions_written: int  # rows written to the database while the call waited
-    tasks_written: int
-    tasks_held: int  # orphan tasks set aside until their session is stored
-    dead_lettered: int  # records moved to the dead letters
-    duration_ms: float
-    detail: str | None = None
-    error_code: str | None = None
-    errors: list[FieldProblem] | None = None
-
-
 # -- reads --------------------------------------------------------------------
 
-class SessionList(Struct):
-    total: int
-    page: int
-    page_size: int
-    total_pages: int
-    items: list[SessionSummary]
-    next_cursor: str | None
-
-
-class TaskList(Struct):
-    total: int
-    page: int
-    page_size: int
-    total_pages: int
-    items: list[TaskView]
-    next_cursor: str | None
-
-
-class SessionTaskList(Struct):
-    session_id: str
-    total: int
-    page: int
-    page_size: int
-    total_pages: int
-    items: list[TaskView]
-    next_cursor: str | None
+# The list pages are query.views' own generic Structs, named here for the document.
+SessionList = ListPage[SessionSummary]
+TaskList = ListPage[TaskView]
+SessionTaskList = SessionTaskPage[TaskView]
 
 
 class IncompleteSessions(Struct):

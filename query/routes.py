@@ -15,6 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from core.errors import SessionNotFound, TaskNotFound
 from core.http import json_response
+from query.openapi_types import IncompleteSessions
 from core.times import iso_z, now_us
 from plugins.reader import OPEN_STATUSES, Page, PageRequest, Reader, ReadError, SessionFilter, TaskFilter
 from query import params
@@ -144,7 +145,7 @@ def _incomplete_sessions(reader: Reader) -> list[tuple]:
 
 async def incomplete_sessions(request: Request) -> Response:
     rows = await _db(request, _incomplete_sessions, request.state.reader)
-    return json_response({"count": len(rows), "sessions": [session_summary(r) for r in rows]})
+    return json_response(IncompleteSessions(len(rows), [session_summary(r) for r in rows]))
 
 
 async def recovery_status(request: Request) -> Response:

@@ -4,12 +4,14 @@ embedded as they are stored, and the derived session fields of API.md."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, get_args
+from typing import Any, Generic, TypeVar, get_args
 
 from msgspec import Raw, Struct
 
 from core.records import IsoTime, SessionStatus, TaskStatus
 from core.times import iso_z, to_us
+
+T = TypeVar("T")
 from plugins.reader import OPEN_STATUSES, RecoveryCounts, StoreStats
 
 SESSION_STATUSES: tuple[str, ...] = get_args(SessionStatus)
@@ -71,22 +73,23 @@ class TaskView(Struct):
     updated_at: IsoTime
 
 
-class ListPage(Struct):
+class ListPage(Struct, Generic[T]):
+    """A page of a list (sessions, tasks): the one definition, for encoding and for OpenAPI."""
     total: int
     page: int
     page_size: int
     total_pages: int
-    items: list[Any]
+    items: list[T]
     next_cursor: str | None
 
 
-class SessionTaskPage(Struct):
+class SessionTaskPage(Struct, Generic[T]):
     session_id: str
     total: int
     page: int
     page_size: int
     total_pages: int
-    items: list[Any]
+    items: list[T]
     next_cursor: str | None
 
 

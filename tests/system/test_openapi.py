@@ -105,10 +105,10 @@ def test_real_answers_match_their_schemas(service: Service, document: dict[str, 
     http = service.http
     _check(document, "Health", http.get("/health").json())
     _check(document, "Settings", http.get("/api/v1/system/config").json())
-    _check(document, "SessionList", http.get("/api/v1/translation/sessions").json())
+    _check(document, "ListPage_SessionSummary_", http.get("/api/v1/translation/sessions").json())
     _check(document, "SessionDetail", http.get("/api/v1/translation/sessions/s-1").json())
-    _check(document, "SessionTaskList", http.get("/api/v1/translation/sessions/s-1/tasks").json())
-    _check(document, "TaskList", http.get("/api/v1/translation/tasks").json())
+    _check(document, "SessionTaskPage_TaskView_", http.get("/api/v1/translation/sessions/s-1/tasks").json())
+    _check(document, "ListPage_TaskView_", http.get("/api/v1/translation/tasks").json())
     _check(document, "TaskView", http.get("/api/v1/translation/tasks/t-1").json())
     _check(document, "IncompleteSessions", http.get("/api/v1/translation/recovery/incomplete-sessions").json())
     _check(document, "Restored", http.post("/api/v1/translation/recovery/restore/s-1").json())
