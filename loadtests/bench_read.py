@@ -25,7 +25,7 @@ import msgspec
 
 from loadtests.bench_service import Reaper, ServiceProc
 from loadtests.loadgen import RawHttp
-from loadtests.mariadb_server import PrivateMariaDB
+from testkit.mariadb import PrivateMariaDB
 
 API = "/api/v1/translation"
 HOST = "127.0.0.1"

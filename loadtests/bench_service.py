@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from loadtests.loadgen import ClientPool, RawHttp
-from loadtests.mariadb_server import PrivateMariaDB
+from testkit.mariadb import PrivateMariaDB
 
 HOST = "127.0.0.1"
 FLUSH_PATH = "/api/v1/translation/flush"

@@ -4,7 +4,7 @@
     cd /work/main && .venv/bin/python -m loadtests.bench_write --quick    # ~2 min smoke run
 
 Everything is measured in one run, on this machine, against a private
-MariaDB (loadtests/mariadb_server.py) whose configuration is printed with the
+MariaDB (testkit/mariadb.py) whose configuration is printed with the
 figures. Client processes (loadtests/loadgen.py) post realistic task batches
 (loadtests/bodies.py: 100 tasks per request, ~74 KB of mixed Latin + CJK
 text; each process posts its sessions first, so no task is an orphan).
@@ -50,7 +50,7 @@ from loadtests.bench_service import HOST, Reaper, ServiceProc, SpoolWatch, free_
 from loadtests.bodies import TASKS_PER_REQUEST, task_templates  # noqa: E402
 from loadtests.dbstatus import Monitor, statements  # noqa: E402
 from loadtests.loadgen import ClientPlan, ClientPool, ClientResult, RawHttp  # noqa: E402
-from loadtests.mariadb_server import PrivateMariaDB  # noqa: E402
+from testkit.mariadb import PrivateMariaDB  # noqa: E402
 from loadtests.procstat import CpuWindow, proc_cpu_s, roles_of, wait_quiet  # noqa: E402
 
 logger = logging.getLogger("bench")

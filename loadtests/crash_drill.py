@@ -10,7 +10,7 @@ acknowledged records, last version per key.
 The service runs with the recovery timings of config.toml (health check every
 1 s, flush retry backoff 0.2..5 s, max_delay 1 s) on a private MariaDB in a
 temporary folder that is removed at the end, also on failure or Ctrl-C.
-Exit status: 0 PASS, 1 FAIL, 130 interrupted. How it works: loadtests/drill.py.
+Exit status: 0 PASS, 1 FAIL, 130 interrupted. How it works: testkit/drill.py.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.drill import PRODUCTION_TIMINGS, Drill, DrillConfig
+from testkit.drill import PRODUCTION_TIMINGS, Drill, DrillConfig
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pymysql
 from msgspec import Struct
 
-from loadtests.mariadb_server import PrivateMariaDB
+from testkit.mariadb import PrivateMariaDB
 
 STATUS_SQL = ("SHOW GLOBAL STATUS WHERE Variable_name = 'Questions' OR Variable_name LIKE 'Com\\_%'"
               " OR Variable_name IN ('Innodb_rows_inserted', 'Innodb_rows_updated', 'Innodb_data_fsyncs',"

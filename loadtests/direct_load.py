@@ -21,7 +21,7 @@ from typing import Any
 import pymysql
 
 from core.kinds import BY_ENTRY_KIND
-from loadtests.mariadb_server import PrivateMariaDB
+from testkit.mariadb import PrivateMariaDB
 from plugins.mysql import ISOLATION, SESSION_INIT, UPSERTS
 from plugins.tables import SESSION_TABLE, TABLE_OF, TASK_TABLE
 

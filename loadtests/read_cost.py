@@ -27,7 +27,7 @@ import pymysql
 from loadtests.bench_read import API, RESTORE_SESSION, mixed, plan_requests, post_all
 from loadtests.bench_service import Reaper, ServiceProc
 from loadtests.loadgen import RawHttp
-from loadtests.mariadb_server import PrivateMariaDB
+from testkit.mariadb import PrivateMariaDB
 from loadtests.procstat import proc_cpu_s, roles_of
 from plugins.tables import TASK_TABLE
 from plugins.mysql_reader import AVERAGE_SESSION_S, CONVERSIONS, DATABASE_BYTES

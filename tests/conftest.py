@@ -11,8 +11,8 @@ from pathlib import Path
 import pymysql
 import pytest
 
-from loadtests.mariadb_server import PrivateMariaDB
-from tests.harness import MYSQL_HOST, MYSQL_PORT, Service
+from testkit.mariadb import PrivateMariaDB
+from testkit.service import MYSQL_HOST, MYSQL_PORT, Service
 
 
 @pytest.fixture

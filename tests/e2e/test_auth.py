@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.harness import TASKS, session, task, wait_for
+from testkit.service import TASKS, session, task, wait_for
 
 KEYS = {"writer": "w-secret-0123456789", "reader": "r-secret-0123456789", "admin": "a-secret-0123456789",
         "slow": "s-secret-0123456789", "trickle": "t-secret-0123456789"}

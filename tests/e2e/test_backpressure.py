@@ -3,7 +3,7 @@ it acknowledged, and accepts again once the flusher has drained."""
 
 from __future__ import annotations
 
-from tests.harness import session, sink_rows, task
+from testkit.service import session, sink_rows, task
 
 
 def test_full_spool_answers_503_and_recovers(service_factory, tmp_path) -> None:

@@ -3,7 +3,7 @@ after every write acknowledged before them."""
 
 from __future__ import annotations
 
-from tests.harness import session, sink_rows, task, wait_for
+from testkit.service import session, sink_rows, task, wait_for
 
 BASE = "/api/v1/translation/sessions"
 

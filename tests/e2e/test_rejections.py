@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 import pymysql
 
-from tests.harness import session, sink_rows, task, wait_for
+from testkit.service import session, sink_rows, task, wait_for
 
 
 def _forbid_large_row_index(sink_url: str) -> None:

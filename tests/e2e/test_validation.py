@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import SESSIONS, TASKS, Service, session, sink_rows, task
+from testkit.service import SESSIONS, TASKS, Service, session, sink_rows, task
 
 LONG_CJK = "字" * 21846  # 21,846 characters but 65,538 bytes in UTF-8
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.harness import session, sink_rows, task, wait_for
+from testkit.service import session, sink_rows, task, wait_for
 
 
 def _by_key(rows: list[dict], key: str) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""A short crash drill (loadtests/drill.py): under a write load, kill -9 six
+"""A short crash drill (testkit/drill.py): under a write load, kill -9 six
 processes of the service at random (every role at least once: an ingest
 worker, the granian ingest main process, the flusher, the query server, the
 supervisor, which the drill then starts again on the same folder) and restart
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.drill import ROLES, Drill, DrillConfig, plan
+from testkit.drill import ROLES, Drill, DrillConfig, plan
 
 
 def test_plan_covers_every_role_and_spreads_restarts() -> None:

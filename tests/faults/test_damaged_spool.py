@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 
-from tests.harness import Service, session, sink_rows, task, wait_for
+from testkit.service import Service, session, sink_rows, task, wait_for
 
 
 def _cli(service: Service, *args: str) -> subprocess.CompletedProcess:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from core.settings import SinkSettings
-from loadtests.mariadb_server import PrivateMariaDB
+from testkit.mariadb import PrivateMariaDB
 from plugins.mysql import MysqlSink
-from tests.faults.load import Load, check_sink, flush_until_ok, health, running, spool_state
-from tests.harness import Service, free_port, wait_for
+from testkit.load import Load, check_sink, flush_until_ok, health, running, spool_state
+from testkit.service import Service, free_port, wait_for
 
 FLUSH_TIMEOUT = 3.0
 OUTAGE_S = 15.0

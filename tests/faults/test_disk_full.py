@@ -36,9 +36,9 @@ import httpx
 import msgspec
 import pytest
 
-from loadtests.mariadb_server import PrivateMariaDB
-from tests.faults.load import Load, check_sink, flush_until_ok, running
-from tests.harness import TASKS, Service, session, task, wait_for
+from testkit.mariadb import PrivateMariaDB
+from testkit.load import Load, check_sink, flush_until_ok, running
+from testkit.service import TASKS, Service, session, task, wait_for
 
 MIB = 1024 * 1024
 HUGE_SPOOL = 1024 * MIB  # spool.max_bytes: never the limit here

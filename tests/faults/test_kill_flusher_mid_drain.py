@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.faults.load import Load, check_sink, flush_until_ok, health, only_flusher, spool_state
-from tests.harness import wait_for
+from testkit.load import Load, check_sink, flush_until_ok, health, only_flusher, spool_state
+from testkit.service import wait_for
 
 # Kill #n lands this long after the flusher was seen committing a cycle, so the
 # kills hit different points of the next cycle (read, sink write, trim).

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.load import (Load, check_sink, flush_until_ok, granian_main, granian_workers, health,
+from testkit.load import (Load, check_sink, flush_until_ok, granian_main, granian_workers, health,
                                is_alive, now_us, running)
-from tests.harness import Service, wait_for
+from testkit.service import Service, wait_for
 
 WORKERS = 2
 KILLS = 4

@@ -17,7 +17,7 @@ import pytest
 
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.settings import SpoolSettings
-from tests.harness import session, sink_rows, task, wait_for
+from testkit.service import session, sink_rows, task, wait_for
 from wal import Spool
 from wal.types import Append
 

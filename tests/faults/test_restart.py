@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.load import Load, check_sink, flush_until_ok, health, now_us, running, spool_state
-from tests.harness import Service, sink_rows
+from testkit.load import Load, check_sink, flush_until_ok, health, now_us, running, spool_state
+from testkit.service import Service, sink_rows
 
 
 def _stored_tasks(sink_url: str, tag: str) -> int:

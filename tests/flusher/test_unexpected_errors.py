@@ -18,7 +18,7 @@ from core.settings import FlushSettings, SinkSettings, SpoolSettings
 from flusher.loop import Flusher
 from plugins.sqlite import SqliteSink
 from plugins.tables import Table, TableRows
-from tests.harness import session, sink_rows, task, wait_for
+from testkit.service import session, sink_rows, task, wait_for
 from wal import Spool
 from wal.types import Append
 

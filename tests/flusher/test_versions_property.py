@@ -18,7 +18,7 @@ from core.times import iso_z
 from flusher.coalesce import coalesce
 from plugins.tables import SESSION_TABLE, TASK_TABLE, TableRows
 from plugins import Sink, open_sink
-from tests.harness import sink_rows
+from testkit.service import sink_rows
 
 T0 = 1_750_000_000_000_000
 KEYS = ["a", "b", "c"]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import Service, session, task
+from testkit.service import Service, session, task
 
 # Per sink; each is 4 posts, a flush and the reads back. PS_EDGE_EXAMPLES=500 for a long hunt.
 EXAMPLES = int(os.environ.get("PS_EDGE_EXAMPLES", "40"))

@@ -43,7 +43,7 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import AcceptedNegativeData
 from schemathesis.openapi.checks import RejectedPositiveData
 
-from tests.harness import Service, session, task
+from testkit.service import Service, session, task
 
 MAX_EXAMPLES = 50  # fuzzed cases per operation (coverage and example cases come on top)
 REQUEST_TIMEOUT = 5.0  # s; the slowest legitimate answer is POST /flush, bounded by flush_timeout (2 s)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import sink_rows
+from testkit.service import sink_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN_SECONDS = 30

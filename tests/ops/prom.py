@@ -19,7 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from core import metrics
 from core.times import now_us
-from tests.harness import free_port, wait_for
+from testkit.service import free_port, wait_for
 from wal.types import SpoolStats
 
 OPS = Path(__file__).resolve().parents[2] / "ops"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from loadtests.mariadb_server import PrivateMariaDB
-from tests.harness import Service, session, task, wait_for
+from testkit.mariadb import PrivateMariaDB
+from testkit.service import Service, session, task, wait_for
 
 HEALTH_CALLS = 20
 HEALTH_BUDGET_S = 0.2

@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.harness import TASKS, Service, session, task, wait_for
+from testkit.service import TASKS, Service, session, task, wait_for
 from tests.ops import prom
 
 JOB = {"job": "persistence-service", "instance": "host:8001"}

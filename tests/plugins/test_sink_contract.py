@@ -12,7 +12,7 @@ from core.times import db_text
 from plugins import RejectedRows, Sink, StatusChange, open_sink
 from plugins.mysql_literal import statements
 from plugins.tables import SESSION_TABLE, TASK_TABLE, TableRows
-from tests.harness import sink_rows
+from testkit.service import sink_rows
 
 T0 = 1_750_000_000_000_000
 NASTY = "quote ' double \" backslash \\ nul \0 newline \n cr \r ctrl-z \x1a tab \t 中文 emoji 😀 \\' end"

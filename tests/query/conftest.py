@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from tests.harness import MYSQL_HOST, MYSQL_PORT, Service
+from testkit.service import MYSQL_HOST, MYSQL_PORT, Service
 from tests.query.support import Api
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.harness import Service, wait_for
+from testkit.service import Service, wait_for
 
 BASE = "/api/v1/translation"
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")

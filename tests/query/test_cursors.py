@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tests.harness import session, task
+from testkit.service import session, task
 from tests.query.support import Api, now_iso, unique
 
 WRITER_ROUNDS_BEFORE_RESUMING = 2

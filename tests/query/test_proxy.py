@@ -22,7 +22,7 @@ from starlette.routing import Route
 from core.settings import QuerySettings
 import ingest.proxy
 from ingest.proxy import QueryProxy
-from tests.harness import free_port, session, task
+from testkit.service import free_port, session, task
 from tests.query.support import BASE, Api, now_iso, unique
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from tests.harness import session, sink_rows, task
+from testkit.service import session, sink_rows, task
 from tests.query.support import BASE, DETAIL_FIELDS, SUMMARY_FIELDS, TASK_FIELDS, Api, parse_iso, unique
 
 OPEN = ("pending", "processing")

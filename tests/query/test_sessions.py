@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from tests.harness import session
+from testkit.service import session
 from tests.query.support import (
     DETAIL_FIELDS,
     PAGE_FIELDS,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import session, sink_rows, task
+from testkit.service import session, sink_rows, task
 from tests.query.support import Api, unique
 
 SESSION_STATUSES = ("pending", "processing", "completed", "failed", "cancelled")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tests.harness import session, task
+from testkit.service import session, task
 from tests.query.support import PAGE_FIELDS, TASK_FIELDS, Api, now_iso, parse_iso, unique
 
 NASTY = "quote ' double \" backslash \\ newline \n tab \t 中文 emoji 😀"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.harness import free_port, wait_for
+from testkit.service import free_port, wait_for
 from tests.query.support import BASE
 
 

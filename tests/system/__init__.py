@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pymysql
 
-from tests.harness import Service, session, sink_rows, task, wait_for
+from testkit.service import Service, session, sink_rows, task, wait_for
 
 DEAD_LETTERS = "/api/v1/system/dead-letters"
 BAD_ROW_INDEX = 5_000_000

@@ -14,7 +14,7 @@ import pytest
 
 from core.records import JSON_ENCODER, KIND_TASKS, Task
 from core.settings import SpoolSettings
-from tests.harness import wait_for
+from testkit.service import wait_for
 from tests.system import BAD_ROW_INDEX, allow_large_row_index, make_dead_letters, stored_tasks
 from wal import Spool
 from wal.types import DeadLetter, DrainCommit

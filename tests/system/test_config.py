@@ -10,7 +10,7 @@ import pytest
 
 from core.redact import REDACTED, redact, redact_url, scrub_text
 from core.settings import ConfigError, Settings, load_settings
-from tests.harness import MYSQL_HOST, MYSQL_PORT, free_port, session, wait_for
+from testkit.service import MYSQL_HOST, MYSQL_PORT, free_port, session, wait_for
 
 SECRET = "s3cret-pw"
 CONFIG = "/api/v1/system/config"

@@ -12,7 +12,7 @@ import pytest
 
 from core.records import JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, Task
 from core.settings import SpoolSettings
-from tests.harness import Service, task, wait_for
+from testkit.service import Service, task, wait_for
 from tests.system import BAD_ROW_INDEX, DEAD_LETTERS, allow_large_row_index, make_dead_letters, stored_tasks
 from wal import Spool, SpoolFull, dead_letters
 from wal.types import DeadLetter, DrainCommit

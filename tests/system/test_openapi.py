@@ -16,7 +16,7 @@ from starlette.routing import Route
 from core.settings import Settings
 from ingest.app import ROUTES as INGEST_ROUTES
 from query.app import create_app
-from tests.harness import Service, session, task
+from testkit.service import Service, session, task
 
 # The headings `### METHOD /path` of API.md (shared/ may be absent in a run, so they are listed here).
 API_MD = [

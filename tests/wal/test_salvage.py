@@ -9,7 +9,7 @@ import msgspec
 
 from core.records import KIND_TASKS
 from core.settings import SpoolSettings
-from tests.harness import appended, task
+from testkit.service import appended, task
 from wal import Spool
 from wal.salvage import check, salvage
 from wal.types import Append

@@ -11,7 +11,7 @@ import pytest
 from core.records import KIND_SESSIONS, KIND_TASKS
 from core.settings import SpoolSettings
 from wal import Spool, SpoolCorrupt, SpoolFull
-from tests.harness import appended
+from testkit.service import appended
 from wal.types import Append, DeadLetter, DrainCommit
 
 MIB = 1024 * 1024

@@ -1,7 +1,7 @@
 """Crash drill: kill -9 processes of a running service (an ingest worker, the
 granian ingest main process, the flusher, the query server, the supervisor
 itself) and restart its MariaDB, all under a steady write load; measure how
-long each recovery takes; then check with the oracle of tests/faults/load.py
+long each recovery takes; then check with the oracle of testkit/load.py
 that the database holds exactly what was acknowledged.
 
 Shared by `python -m loadtests.crash_drill` (the long run whose figures go
@@ -9,8 +9,8 @@ into docs/RELIABILITY.md) and tests/faults/test_crash_drill.py (a short one).
 
 How the pieces fit:
 
-* the service is the real `persistence-service run` (tests.harness.Service) on
-  a private MariaDB (loadtests.mariadb_server.PrivateMariaDB);
+* the service is the real `persistence-service run` (testkit.service.Service) on
+  a private MariaDB (testkit.mariadb.PrivateMariaDB);
 * a `Load` posts task batches from background threads and records every
   acknowledged write;
 * after each kill a probe posts one-task batches on fresh connections until
@@ -47,9 +47,9 @@ from urllib.parse import urlsplit
 import httpx
 import pymysql
 
-from loadtests.mariadb_server import PrivateMariaDB
-from tests.faults.load import Load, check_sink, flush_until_ok, is_alive, now_us
-from tests.harness import TASKS, Service, _cmdline, _descendants, sink_rows
+from testkit.mariadb import PrivateMariaDB
+from testkit.load import Load, check_sink, flush_until_ok, is_alive, now_us
+from testkit.service import TASKS, Service, cmdline, descendants, sink_rows
 
 ROLES = ("ingest-worker", "ingest-main", "flusher", "query", "supervisor")
 DB_RESTART = "db-restart"
@@ -57,7 +57,7 @@ SLOW_S = 5.0  # a recovery slower than this prints what the service logged meanw
 STRAGGLER_S = 45.0  # a child of a killed supervisor must be gone this long after it (flusher drain + stop)
 DB_OPTIONS = {"innodb_buffer_pool_size": "128M", "innodb_log_file_size": "48M"}
 # What the service's own config.toml ships, for the timings that decide recovery
-# (tests.harness.Service writes faster test values).
+# (testkit.service.Service writes faster test values).
 PRODUCTION_TIMINGS = {"PS_SERVICE_HEALTH_CHECK_INTERVAL": "1.0", "PS_FLUSH_MAX_DELAY": "1.0",
                       "PS_FLUSH_RETRY_INITIAL": "0.2", "PS_FLUSH_RETRY_MAX": "5.0"}
 
@@ -271,7 +271,7 @@ class Drill:
         main_before = _tree(service)["ingest-main"]
         self._watch_drain(step)
         if role == "supervisor":
-            tree = _descendants(victim)
+            tree = descendants(victim)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             service.proc.wait(10)
@@ -279,7 +279,7 @@ class Drill:
             # again once the old processes are gone.
             gone = self._until(lambda: not any(is_alive(p) for p in tree), killed, STRAGGLER_S)
             if gone is None:
-                left = [f"{p} ({_cmdline(p)[:60]})" for p in tree if is_alive(p)]
+                left = [f"{p} ({cmdline(p)[:60]})" for p in tree if is_alive(p)]
                 step.ok, step.note = False, f"children still run {STRAGGLER_S:g} s after the supervisor died: {left}"
                 for pid in tree:
                     if is_alive(pid) and _is_ours(pid):
@@ -724,7 +724,7 @@ def _group_members(group: int) -> list[int]:
 
 
 def _is_ours(pid: int) -> bool:
-    command = _cmdline(pid)
+    command = cmdline(pid)
     return any(part in command for part in ("core.cli", "granian", "-m flusher"))
 
 

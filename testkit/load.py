@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from tests.harness import SESSIONS, TASKS, Service, session, sink_rows, task, wait_for
+from testkit.service import SESSIONS, TASKS, Service, session, sink_rows, task, wait_for
 
 STATUSES = ("pending", "processing", "completed", "failed")
 SESSION_STATUSES = ("processing", "pending", "completed", "failed", "cancelled")

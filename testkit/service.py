@@ -160,8 +160,8 @@ class Service:
         """pid lists by role, read from /proc (flusher, ingest, query)."""
         assert self.proc is not None
         roles: dict[str, list[int]] = {"flusher": [], "ingest": [], "query": []}
-        for pid in _descendants(self.proc.pid):
-            cmd = _cmdline(pid)
+        for pid in descendants(self.proc.pid):
+            cmd = cmdline(pid)
             if "flusher" in cmd:
                 roles["flusher"].append(pid)
             elif "ingest.app" in cmd:
@@ -183,7 +183,7 @@ def _kill_group_leftovers(proc: subprocess.Popen | None) -> None:
         pass
 
 
-def _descendants(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
     out, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()
@@ -197,7 +197,7 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
