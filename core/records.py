@@ -217,6 +217,42 @@ class Cleanup(Struct):
     dry_run: bool = False
 
 
+# What a command did: stored in the spool's command_results by the flusher,
+# answered by the query process (not_found, superseded and failed as errors).
+class Deleted(Struct, tag_field="status", tag="deleted"):
+    session_id: str
+    deleted_tasks: int
+
+
+class StatusUpdated(Struct, tag_field="status", tag="updated"):
+    session_id: str
+    new_status: str
+
+
+class CleanupResult(Struct, tag_field="status", tag="completed"):
+    deleted_sessions: int
+    deleted_tasks: int
+    dry_run: bool
+
+
+class CommandNotFound(Struct, tag_field="status", tag="not_found"):
+    session_id: str
+
+
+class Superseded(Struct, tag_field="status", tag="superseded"):
+    session_id: str
+    new_status: str
+    current_status: str
+
+
+class CommandFailed(Struct, tag_field="status", tag="failed"):
+    error: str
+    seq: int
+
+
+CommandResult = Deleted | StatusUpdated | CleanupResult | CommandNotFound | Superseded | CommandFailed
+
+
 # Spool entry kinds (stored as integers; append only, never renumber).
 KIND_SESSIONS = 1
 KIND_TASKS = 2

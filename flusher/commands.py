@@ -8,7 +8,9 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from core.records import COMMAND_TYPES, JSON_ENCODER, MIN_TIME_US, CleanupCommand, DeleteSession, SetSessionStatus, SpoolEntry
+from core.records import (COMMAND_TYPES, JSON_ENCODER, MIN_TIME_US, CleanupCommand, CleanupResult, CommandFailed,
+                          CommandNotFound, CommandResult, Deleted, DeleteSession, SetSessionStatus, SpoolEntry,
+                          StatusUpdated, Superseded)
 from core.times import db_text
 from plugins import Sink
 
@@ -16,7 +18,7 @@ DAY_US = 86_400_000_000
 
 
 class Applied(Struct):
-    result: dict
+    result: CommandResult
     deleted_session: str | None = None
 
 
@@ -26,31 +28,29 @@ def apply_command(entry: SpoolEntry, sink: Sink) -> Applied:
     if isinstance(command, DeleteSession):
         deleted = sink.delete_session(command.session_id)
         if deleted is None:
-            return Applied({"status": "not_found", "session_id": command.session_id})
-        return Applied({"status": "deleted", "session_id": command.session_id, "deleted_tasks": deleted},
-                       deleted_session=command.session_id)
+            return Applied(CommandNotFound(command.session_id))
+        return Applied(Deleted(command.session_id, deleted), deleted_session=command.session_id)
     if isinstance(command, SetSessionStatus):
         change = sink.set_session_status(command.session_id, command.status, db_text(entry.received_at_us))
         if change is None:
-            return Applied({"status": "not_found", "session_id": command.session_id})
+            return Applied(CommandNotFound(command.session_id))
         if not change.applied:  # a write with a newer version reached the database first
-            return Applied({"status": "superseded", "session_id": command.session_id,
-                            "new_status": command.status, "current_status": change.status})
-        return Applied({"status": "updated", "session_id": command.session_id, "new_status": command.status})
+            return Applied(Superseded(command.session_id, command.status, change.status))
+        return Applied(StatusUpdated(command.session_id, command.status))
     assert isinstance(command, CleanupCommand)
     return Applied(cleanup(sink, command, entry.received_at_us))
 
 
-def cleanup(sink: Sink, command: CleanupCommand, now_us: int) -> dict:
+def cleanup(sink: Sink, command: CleanupCommand, now_us: int) -> CleanupResult:
     def before(days: float) -> str:  # more days than there have been since year 1: everything is older
         return db_text(max(now_us - int(days * DAY_US), MIN_TIME_US))
     sessions, tasks = sink.cleanup(before(command.completed_days), before(command.failed_days), command.dry_run)
-    return {"status": "completed", "deleted_sessions": sessions, "deleted_tasks": tasks, "dry_run": command.dry_run}
+    return CleanupResult(sessions, tasks, command.dry_run)
 
 
 def failed(entry: SpoolEntry, error: str) -> Applied:
     """The result of a command the database refused for good (it is dead-lettered)."""
-    return Applied({"status": "failed", "error": error, "seq": entry.seq})
+    return Applied(CommandFailed(error, entry.seq))
 
 
 def encode_result(applied: Applied) -> bytes:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -26,15 +25,20 @@ from core.records import (
     KIND_SET_SESSION_STATUS,
     Cleanup,
     CleanupCommand,
+    CommandFailed,
+    CommandNotFound,
+    CommandResult,
     DeleteSession,
     SessionStatus,
     SetSessionStatus,
+    Superseded,
 )
 from core.settings import Settings, SpoolSettings
 from wal import Spool, SpoolError
 from wal.types import Append
 
 POLL_S = 0.02
+_RESULT = msgspec.json.Decoder(CommandResult)  # tagged by "status"
 MAX_BODY_BYTES = 64 * 1024
 
 
@@ -49,14 +53,14 @@ class CommandQueue:
         self._settings = settings
         self._timeout_s = timeout_s
 
-    async def run(self, kind: int, command: Struct) -> dict[str, Any] | None:
+    async def run(self, kind: int, command: Struct) -> CommandResult | None:
         """The command's result, or None if it is still queued after the timeout."""
         seq = await run_in_threadpool(self._append, kind, JSON_ENCODER.encode(command))
         deadline = time.monotonic() + self._timeout_s
         while time.monotonic() < deadline:
             result = await run_in_threadpool(self._result, seq)
             if result is not None:
-                return msgspec.json.decode(result)
+                return _RESULT.decode(result)
             await asyncio.sleep(POLL_S)
         return None
 
@@ -109,19 +113,19 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
     ]
 
 
-def _answer(result: dict[str, Any] | None, session_id: str | None, request: Request) -> Response:
+def _answer(result: CommandResult | None, session_id: str | None, request: Request) -> Response:
     if result is None:
         return json_response(Queued("queued", session_id, "Accepted into the spool; it is applied in order once "
                                                           "the database answers."), 202)
-    if result.get("status") == "not_found":
-        raise SessionNotFound(result["session_id"])
-    if result.get("status") == "superseded":
+    if isinstance(result, CommandNotFound):
+        raise SessionNotFound(result.session_id)
+    if isinstance(result, Superseded):
         return error_response(
             409, f"Not applied: a write with a newer version (updated_at) reached the database first and its "
-                 f"status {result['current_status']!r} stays.", "SUPERSEDED", session_id=result["session_id"],
-            requested_status=result["new_status"], current_status=result["current_status"])
-    if result.get("status") == "failed":
+                 f"status {result.current_status!r} stays.", "SUPERSEDED", session_id=result.session_id,
+            requested_status=result.new_status, current_status=result.current_status)
+    if isinstance(result, CommandFailed):
         return error_response(500, "The database refused this command for good; it was moved to the dead "
                                    "letters (GET /api/v1/system/dead-letters) and can be retried there.",
-                              "COMMAND_FAILED", seq=result["seq"], request_id=request.state.request_id)
+                              "COMMAND_FAILED", seq=result.seq, request_id=request.state.request_id)
     return json_response(result)

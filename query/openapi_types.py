@@ -11,8 +11,10 @@ from typing import Annotated, Literal
 from msgspec import Meta, Raw, Struct, field
 
 from core.health import Buffer, FlusherState, Health  # noqa: F401 (the /health answer, defined once there)
-from core.records import Accepted, FieldProblem, FlushResult, IsoTime  # noqa: F401 (write answers, defined there)
-from query.views import ListPage, SessionDetail, SessionSummary, SessionTaskPage, TaskView
+from core.records import (Accepted, CleanupResult, Deleted, FieldProblem, FlushResult, IsoTime,  # noqa: F401
+                          StatusUpdated)  # the write and command answers, defined there
+from query.views import (ListPage, Performance, RecoveryStatus, SessionCounts,  # noqa: F401 (defined there)
+                         SessionDetail, SessionSummary, SessionTaskPage, Stats, Storage, TaskCounts, TaskView)
 
 
 class ErrorBody(Struct):
@@ -45,77 +47,13 @@ class Restored(Struct):
     restored_at: IsoTime
 
 
-class RecoveryStatus(Struct):
-    incomplete_sessions: int
-    sessions_by_status: dict[str, int]
-    open_tasks: int
-    tasks_by_status: dict[str, int]
-    checked_at: IsoTime
-
-
 # -- management ---------------------------------------------------------------
-
-class Deleted(Struct):
-    status: Literal["deleted"]
-    session_id: str
-    deleted_tasks: int
-
-
-class StatusUpdated(Struct):
-    status: Literal["updated"]
-    session_id: str
-    new_status: str
-
-
-class CleanupResult(Struct):
-    status: Literal["completed"]
-    deleted_sessions: int
-    deleted_tasks: int
-    dry_run: bool
-
 
 class Queued(Struct):
     """202: the command is in the spool; the database did not answer within flush_timeout."""
     status: Literal["queued"]
     session_id: str | None
     detail: str
-
-
-class SessionCounts(Struct):
-    total: int
-    pending: int
-    processing: int
-    completed: int
-    failed: int
-    cancelled: int
-
-
-class TaskCounts(Struct):
-    total: int
-    pending: int
-    processing: int
-    completed: int
-    failed: int
-
-
-class Performance(Struct):
-    average_session_time: float
-    average_task_time: float
-    success_rate: float
-
-
-class Storage(Struct):
-    database_size_mb: float
-    sessions_table_rows: int
-    tasks_table_rows: int
-
-
-class Stats(Struct):
-    sessions: SessionCounts
-    tasks: TaskCounts
-    performance: Performance
-    storage: Storage
-    computed_at: IsoTime  # when these figures were read (a copy up to query.stats_cache seconds old)
 
 
 # -- system -------------------------------------------------------------------

@@ -24,6 +24,7 @@ from query.params import ListQuery
 from query.views import (
     ListPage,
     SessionTaskPage,
+    Stats,
     recovery_status_body,
     session_detail,
     session_summary,
@@ -154,7 +155,7 @@ async def recovery_status(request: Request) -> Response:
 
 
 async def stats(request: Request) -> Response:
-    async def compute() -> dict:
+    async def compute() -> Stats:
         return stats_body(await _db(request, request.state.reader.stats))
     return json_response(await request.state.stats_cache.get(request.state.spool.sink_version(), compute))
 

@@ -10,26 +10,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+
+import msgspec
 
 from core.times import iso_z, now_us
+from query.views import Stats
 
 
 class StatsCache:
     def __init__(self, ttl_s: float) -> None:
         self._ttl_s = ttl_s
         self._lock = asyncio.Lock()
-        self._body: dict[str, Any] | None = None
+        self._body: Stats | None = None
         self._computed = 0.0
         self._version: tuple[int, int] | None = None
 
     async def get(self, version: tuple[int, int],
-                  compute: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+                  compute: Callable[[], Awaitable[Stats]]) -> Stats:
         async with self._lock:
             is_fresh = version == self._version or time.monotonic() - self._computed < self._ttl_s
             if self._body is None or not is_fresh:
                 body = await compute()
-                self._body = {**body, "computed_at": iso_z(now_us())}
+                self._body = msgspec.structs.replace(body, computed_at=iso_z(now_us()))
                 self._computed = time.monotonic()
                 self._version = version
             return self._body

@@ -4,7 +4,7 @@ embedded as they are stored, and the derived session fields of API.md."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar, get_args
+from typing import Generic, TypeVar, get_args
 
 from msgspec import Raw, Struct
 
@@ -160,35 +160,71 @@ def total_pages(total: int, page_size: int) -> int:
     return -(-total // page_size)
 
 
-def stats_body(stats: StoreStats) -> dict[str, Any]:
+class SessionCounts(Struct):
+    total: int
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+    cancelled: int
+
+
+class TaskCounts(Struct):
+    total: int
+    pending: int
+    processing: int
+    completed: int
+    failed: int
+
+
+class Performance(Struct):
+    average_session_time: float
+    average_task_time: float
+    success_rate: float
+
+
+class Storage(Struct):
+    database_size_mb: float
+    sessions_table_rows: int
+    tasks_table_rows: int
+
+
+class Stats(Struct):
+    sessions: SessionCounts
+    tasks: TaskCounts
+    performance: Performance
+    storage: Storage
+    computed_at: IsoTime = ""  # when these figures were read (a copy up to query.stats_cache seconds old)
+
+
+class RecoveryStatus(Struct):
+    incomplete_sessions: int
+    sessions_by_status: dict[str, int]
+    open_tasks: int
+    tasks_by_status: dict[str, int]
+    checked_at: IsoTime
+
+
+
+def stats_body(stats: StoreStats) -> Stats:
     sessions = {s: stats.sessions_by_status.get(s, 0) for s in SESSION_STATUSES}
     tasks = {s: stats.tasks_by_status.get(s, 0) for s in TASK_STATUSES}
     finished = tasks["completed"] + tasks["failed"]
     session_rows = sum(stats.sessions_by_status.values())
     task_rows = sum(stats.tasks_by_status.values())
-    return {
-        "sessions": {"total": session_rows, **sessions},
-        "tasks": {"total": task_rows, **tasks},
-        "performance": {
-            "average_session_time": round(stats.average_session_s or 0.0, 3),
-            "average_task_time": round((stats.average_task_ms or 0.0) / 1000, 3),
-            "success_rate": round(100 * tasks["completed"] / finished, 2) if finished else 0.0,
-        },
-        "storage": {
-            "database_size_mb": round(stats.database_bytes / (1024 * 1024), 2),
-            "sessions_table_rows": session_rows,
-            "tasks_table_rows": task_rows,
-        },
-    }
+    return Stats(
+        sessions=SessionCounts(total=session_rows, **sessions),
+        tasks=TaskCounts(total=task_rows, **tasks),
+        performance=Performance(
+            average_session_time=round(stats.average_session_s or 0.0, 3),
+            average_task_time=round((stats.average_task_ms or 0.0) / 1000, 3),
+            success_rate=round(100 * tasks["completed"] / finished, 2) if finished else 0.0),
+        storage=Storage(database_size_mb=round(stats.database_bytes / (1024 * 1024), 2),
+                        sessions_table_rows=session_rows, tasks_table_rows=task_rows))
 
 
-def recovery_status_body(counts: RecoveryCounts, now: int) -> dict[str, Any]:
+def recovery_status_body(counts: RecoveryCounts, now: int) -> RecoveryStatus:
     sessions = {s: counts.sessions_by_status.get(s, 0) for s in OPEN_STATUSES}
     tasks = {s: counts.open_tasks_by_status.get(s, 0) for s in OPEN_STATUSES}
-    return {
-        "incomplete_sessions": sum(sessions.values()),
-        "sessions_by_status": sessions,
-        "open_tasks": sum(tasks.values()),
-        "tasks_by_status": tasks,
-        "checked_at": iso_z(now),
-    }
+    return RecoveryStatus(incomplete_sessions=sum(sessions.values()), sessions_by_status=sessions,
+                          open_tasks=sum(tasks.values()), tasks_by_status=tasks, checked_at=iso_z(now))
