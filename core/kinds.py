@@ -8,7 +8,8 @@ there; it edits no route, drain loop or regex table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,10 +37,14 @@ class RecordKind:
     parent_kind: str | None = None
     decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
     record_decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
+    key_of: Callable[[Any], str] = field(init=False, repr=False)  # attrgetter: the drain calls it per record
+    parent_of: Callable[[Any], str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder", msgspec.json.Decoder(self.batch))
         object.__setattr__(self, "record_decoder", msgspec.json.Decoder(self.record))
+        object.__setattr__(self, "key_of", operator.attrgetter(self.key_field))
+        object.__setattr__(self, "parent_of", operator.attrgetter(self.parent_field or self.key_field))
 
     def decode(self, payload: bytes) -> Sequence[Any]:
         """The records of a spooled (or posted) batch; raises msgspec errors."""
@@ -52,11 +57,10 @@ class RecordKind:
         return msgspec.json.encode(self.batch(records))  # type: ignore[call-arg]
 
     def key(self, record: Any) -> str:
-        return getattr(record, self.key_field)
+        return self.key_of(record)
 
     def parent(self, record: Any) -> str:
-        assert self.parent_field is not None
-        return getattr(record, self.parent_field)
+        return self.parent_of(record)
 
     def version(self, record: Any, received_at_us: int) -> int:
         """A record's version: its updated_at when the client sent one, else

@@ -61,7 +61,11 @@ class Session(Struct, omit_defaults=True):
     updated_at: Time | None = None
 
     def __post_init__(self) -> None:
-        _refuse_unstorable(self)
+        # Runs for every record decoded (ingest and flusher): a few comparisons in
+        # the common case, the full check only near a limit.
+        if (self.game_info or self.metadata
+                or (self.updated_at is not None and not 1 < self.updated_at.year < 9999)):
+            _refuse_unstorable(self)
 
 
 class Task(Struct, omit_defaults=True):
@@ -84,7 +88,15 @@ class Task(Struct, omit_defaults=True):
     updated_at: Time | None = None
 
     def __post_init__(self) -> None:
-        _refuse_unstorable(self)
+        # As Session's: the full check only near a limit.
+        if (len(self.source_text) > _SAFE_TEXT_CHARS
+                or (self.target_text is not None and len(self.target_text) > _SAFE_TEXT_CHARS)
+                or (self.context is not None and len(self.context) > _SAFE_TEXT_CHARS)
+                or (self.error_message is not None and len(self.error_message) > _SAFE_TEXT_CHARS)
+                or (self.start_time is not None and not 1 < self.start_time.year < 9999)
+                or (self.end_time is not None and not 1 < self.end_time.year < 9999)
+                or (self.updated_at is not None and not 1 < self.updated_at.year < 9999)):
+            _refuse_unstorable(self)
 
 
 # -- limits msgspec's annotations cannot say: checked on every decode --------

@@ -206,14 +206,16 @@ class Drainer:
         assert kind.parent_kind is not None
         parent = BY_NAME[kind.parent_kind]
         known = self._known.setdefault(parent.name, set())
-        present = set(batch.of(parent)) | known
-        unknown = {kind.parent(i.record) for i in items} - present
+        in_batch = batch.of(parent)
+        parent_of = kind.parent_of
+        keyed = [(i, parent_of(i.record)) for i in items]
+        unknown = {p for _, p in keyed if p not in in_batch and p not in known}
         if unknown:
             found = self._sink.existing(TABLE_OF[parent.name], unknown)
             self._remember(parent, found)
-            present |= found
-        writable = [i for i in items if kind.parent(i.record) in present]
-        orphans = [i for i in items if kind.parent(i.record) not in present]
+            unknown -= found
+        writable = [i for i, p in keyed if p not in unknown]
+        orphans = [i for i, p in keyed if p in unknown]
         return writable, orphans
 
     def _remember(self, kind: RecordKind, keys: set[str]) -> None:
