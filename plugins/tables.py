@@ -161,6 +161,10 @@ TASK_TABLE = Table(
 
 # Every table, in the order a drain writes them (a parent before its children).
 TABLES: tuple[Table, ...] = (SESSION_TABLE, TASK_TABLE)
+# Both sinks write every table with the versioned upsert. An append-only kind
+# (write="append", stored once per idempotency key) needs an insert-if-absent
+# statement in each sink first (docs/ARCHITECTURE.md, "Adding the next kind").
+assert all(table.kind.write == "upsert" for table in TABLES), "append-only tables are not written by the sinks yet"
 TABLE_OF: dict[str, Table] = {table.kind.name: table for table in TABLES}
 
 
