@@ -156,7 +156,7 @@ async def recovery_status(request: Request) -> Response:
 
 async def stats(request: Request) -> Response:
     async def compute() -> Stats:
-        return stats_body(await _db(request, request.state.reader.stats))
+        return stats_body(await _db(request, request.state.reader.stats), now_us())
     return json_response(await request.state.stats_cache.get(request.state.spool.sink_version(), compute))
 
 

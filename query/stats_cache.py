@@ -11,9 +11,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
-
-from core.times import iso_z, now_us
 from query.views import Stats
 
 
@@ -30,8 +27,7 @@ class StatsCache:
         async with self._lock:
             is_fresh = version == self._version or time.monotonic() - self._computed < self._ttl_s
             if self._body is None or not is_fresh:
-                body = await compute()
-                self._body = msgspec.structs.replace(body, computed_at=iso_z(now_us()))
+                self._body = await compute()
                 self._computed = time.monotonic()
                 self._version = version
             return self._body

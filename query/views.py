@@ -194,7 +194,7 @@ class Stats(Struct):
     tasks: TaskCounts
     performance: Performance
     storage: Storage
-    computed_at: IsoTime = ""  # when these figures were read (a copy up to query.stats_cache seconds old)
+    computed_at: IsoTime  # when these figures were read (a copy up to query.stats_cache seconds old)
 
 
 class RecoveryStatus(Struct):
@@ -206,7 +206,7 @@ class RecoveryStatus(Struct):
 
 
 
-def stats_body(stats: StoreStats) -> Stats:
+def stats_body(stats: StoreStats, computed_us: int) -> Stats:
     sessions = {s: stats.sessions_by_status.get(s, 0) for s in SESSION_STATUSES}
     tasks = {s: stats.tasks_by_status.get(s, 0) for s in TASK_STATUSES}
     finished = tasks["completed"] + tasks["failed"]
@@ -220,7 +220,8 @@ def stats_body(stats: StoreStats) -> Stats:
             average_task_time=round((stats.average_task_ms or 0.0) / 1000, 3),
             success_rate=round(100 * tasks["completed"] / finished, 2) if finished else 0.0),
         storage=Storage(database_size_mb=round(stats.database_bytes / (1024 * 1024), 2),
-                        sessions_table_rows=session_rows, tasks_table_rows=task_rows))
+                        sessions_table_rows=session_rows, tasks_table_rows=task_rows),
+        computed_at=iso_z(computed_us))
 
 
 def recovery_status_body(counts: RecoveryCounts, now: int) -> RecoveryStatus:
