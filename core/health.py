@@ -27,6 +27,8 @@ class Buffer(Struct):
     held_orphans: int
     dead_letters: int
     disk_free_bytes: int
+    drain_rate: float  # rows/s the flusher drains while busy (last measured); 0 = not yet
+    estimated_lag_seconds: float | None  # what waits, at that rate; past spool.max_lag writes get 429
 
 
 class FlusherState(Struct):
@@ -71,8 +73,13 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
             bytes=stats.pending_bytes, usage_percent=round(100 * stats.pending_bytes / stats.max_bytes, 2),
             last_flush=iso_z(stats.last_flush_us) if stats.last_flush_us else None,
             oldest_age_seconds=round((now - stats.oldest_received_us) / 1e6, 3) if stats.oldest_received_us else 0.0,
-            held_orphans=stats.held_tasks, dead_letters=stats.dead_letters, disk_free_bytes=stats.disk_free_bytes),
+            held_orphans=stats.held_tasks, dead_letters=stats.dead_letters, disk_free_bytes=stats.disk_free_bytes,
+            drain_rate=round(stats.drain_rate, 1), estimated_lag_seconds=_rounded(stats.estimated_lag_s())),
         flusher=FlusherState(alive=flusher_alive, sink_error=stats.sink_error or None,
                              stalled_seconds=round(stalled_s, 3)),
         uptime_seconds=round((now - started_us) / 1e6, 3), version=version)
     return (503 if status == "unhealthy" else 200), body
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -88,10 +88,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
 
 
 async def unavailable(request: Request, exc: Exception) -> Response:
-    """For errors that carry error_code and retry_after (the spool's): 503 + Retry-After."""
+    """For errors that carry status, error_code and retry_after (the spool's):
+    503 (or 429 when the backlog is too long) + Retry-After."""
     retry_after = getattr(exc, "retry_after", 1)
-    return error_response(503, f"Not accepted: {exc}. Retry later.", getattr(exc, "error_code", "UNAVAILABLE"),
-                          headers={"Retry-After": str(retry_after)})
+    return error_response(getattr(exc, "status", 503), f"Not accepted: {exc}. Retry later.",
+                          getattr(exc, "error_code", "UNAVAILABLE"), headers={"Retry-After": str(retry_after)})
 
 
 async def client_error(request: Request, exc: Exception) -> Response:

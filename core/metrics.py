@@ -106,6 +106,11 @@ def spool_gauges(stats: Any, now_us: int, stalled_s: float = 0.0, stall_after_s:
                             "When the flusher last committed a batch (Unix time).", value=stats.last_flush_us / 1e6)
     yield GaugeMetricFamily("persistence_sink_up", "1 when the flusher's last contact with the database worked.",
                             value=int(stats.sink_healthy))
+    yield GaugeMetricFamily("persistence_drain_rate_rows_per_second",
+                            "Rows/s the flusher drains while busy (last measured; 0 = not yet).", value=stats.drain_rate)
+    yield GaugeMetricFamily("persistence_spool_estimated_lag_seconds",
+                            "Seconds the records waiting would take to drain at that rate (spool.max_lag refuses "
+                            "writes past it; 0 while the rate is unknown).", value=stats.estimated_lag_s() or 0.0)
     yield GaugeMetricFamily("persistence_flusher_stalled_seconds",
                             "How long records have waited with nothing written while the database was not "
                             "reported down (0 while the flusher makes progress).", value=stalled_s)

@@ -61,6 +61,7 @@ class SpoolSettings(Struct, frozen=True, forbid_unknown_fields=True):
     max_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 1024 * 1024 * 1024
     busy_timeout: Seconds = 10.0
     group_commit_max_entries: Annotated[int, Meta(ge=1, le=10_000)] = 256
+    max_lag: Annotated[float, Meta(ge=0)] = 30.0
 
 
 class FlushSettings(Struct, frozen=True, forbid_unknown_fields=True):

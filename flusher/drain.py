@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 
 import msgspec
@@ -37,6 +38,8 @@ from wal.types import DeadLetter, DrainCommit, HeldTask
 
 logger = logging.getLogger(__name__)
 
+RATE_SAMPLE_MIN_RECORDS = 500  # a cycle with fewer records says little about the drain rate
+RATE_SMOOTHING = 0.3  # weight of the newest cycle in the moving average
 KNOWN_PARENTS_MAX = 200_000  # cache of parent keys seen in the sink, per kind; cleared when full
 # The held table keeps records of the one kind that names a parent (tasks):
 # a second such kind needs the held table to say which kind a row is.
@@ -62,11 +65,13 @@ class Drainer:
         self._known: dict[str, set[str]] = {}  # parent kind name -> keys seen stored
         self._isolate_through = 0  # drain one entry at a time up to this seq (after a failed cycle)
         self._last_read_seq = 0
+        self._rate = 0.0  # rows/s of busy cycles (moving average), published with each commit
 
     def drain_once(self, held: list[HeldTask] | None = None) -> DrainReport:
         """One cycle over the next entries (at most flush.batch_rows records;
         one entry alone after a failed cycle), with these held tasks. Raises
         TransientSinkError or sqlite3.Error with nothing trimmed."""
+        started = time.perf_counter()
         entries = self._spool.read(0, self._settings.batch_rows)
         if entries and entries[0].seq <= self._isolate_through:
             report = self._drain_alone(entries[0])
@@ -74,10 +79,20 @@ class Drainer:
             self._last_read_seq = entries[-1].seq if entries else self._last_read_seq
             with metrics.FLUSH_DURATION.time():
                 report = self._drain(entries, held or [])
+            self._measure(sum(e.record_count for e in entries), time.perf_counter() - started)
         # Short of disk: truncate the WAL (its size is what ingest must keep free) so appends resume.
         self._spool.checkpoint(truncate=self._spool.is_short_of_disk())
         _count(report)
         return report
+
+    def _measure(self, records: int, seconds: float) -> None:
+        """The drain rate ingest's back-pressure by time works from: measured on
+        cycles with enough records to say something (a nearly empty cycle
+        measures the wait for work, not the drain)."""
+        if records < RATE_SAMPLE_MIN_RECORDS or seconds <= 0:
+            return
+        sample = records / seconds
+        self._rate = sample if not self._rate else (1 - RATE_SMOOTHING) * self._rate + RATE_SMOOTHING * sample
 
     def failed(self) -> int:
         """A cycle raised an error nobody foresaw: drain the entries it read one
@@ -132,7 +147,7 @@ class Drainer:
         change = DrainCommit(
             through_seq=entries[-1].seq if entries else 0,
             sessions_written=written.get("session", 0), tasks_written=written.get("task", 0),
-            hold=hold, release=release, dead=dead)
+            hold=hold, release=release, dead=dead, drain_rate=self._rate or None)
         self._spool.commit_drain(change)
         return DrainReport(change.through_seq, written, len(hold), len(release), _dead_by_kind(dead), len(rejected))
 

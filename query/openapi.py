@@ -138,7 +138,8 @@ _ERRORS = {
     409: "Not applied: a write with a newer version (updated_at) keeps the stored value",
     413: "The body is larger than allowed",
     422: "The request breaks the rules: every bad field is listed in errors",
-    429: "Too many requests (spool full, or the API key's rate limit): retry after Retry-After; nothing was accepted",
+    429: "Too many requests (the backlog would take longer than spool.max_lag to drain, or the API key's rate "
+         "limit): retry after Retry-After; nothing was accepted",
     500: "A bug, or a command the database refused for good (COMMAND_FAILED, dead-lettered); logged with the "
          "request_id the body carries",
     503: "Not available now (spool full, database unreachable, shutting down): retry after Retry-After",

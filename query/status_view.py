@@ -140,6 +140,8 @@ def render(snap: Snapshot, before: Snapshot | None, url: str) -> str:
         (f"spool         {b['sessions_count']:,} sessions + {b['tasks_count']:,} tasks = {b['total_count']:,} records,"
          f" {_bytes(b.get('bytes', 0))} of {_bytes(b['capacity'])} ({b['usage_percent']} %)"),
         f"lag           {b.get('oldest_age_seconds', 0.0):.1f} s (age of the oldest record waiting)",
+        f"drain         {_estimate(b.get('estimated_lag_seconds'))} to drain what waits, at the rate last measured"
+        f" ({b.get('drain_rate') or 0:,.0f} rows/s)",
         f"flush rate    {_rate_text(rate(before, snap, FLUSHED), snap.metrics_error)}",
         f"accept rate   {_rate_text(rate(before, snap, ACCEPTED), snap.metrics_error)}",
         f"last flush    {_last_flush(b.get('last_flush'))}",
@@ -183,3 +185,7 @@ def watch(url: str, api_key: str | None, interval_s: float = REFRESH_S, out: Tex
     except KeyboardInterrupt:
         out.write("\n")
         return 0
+
+
+def _estimate(seconds: float | None) -> str:
+    return "unknown yet" if seconds is None else f"{seconds:.1f} s"

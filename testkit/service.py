@@ -67,6 +67,7 @@ stats_cache = {stats_cache}
 path = "spool.db"
 sync = "{sync}"
 max_bytes = {spool_max_bytes}
+max_lag = {max_lag}
 [flush]
 batch_rows = {batch_rows}
 max_delay = {max_delay}
@@ -85,7 +86,7 @@ interval = {retention_interval}
 DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8 * 1024 * 1024,
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
                                 batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0,
-                                body_timeout=30.0, extra_toml="", stats_cache=0.0, stall_after=30.0,
+                                body_timeout=30.0, extra_toml="", stats_cache=0.0, stall_after=30.0, max_lag=30.0,
                                 query_workers=0)
 
 

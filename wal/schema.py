@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 SCHEMA_V1 = """
 CREATE TABLE entries (
@@ -67,7 +67,11 @@ ALTER TABLE state ADD COLUMN tasks_held INTEGER NOT NULL DEFAULT 0;        -- to
 ALTER TABLE state ADD COLUMN records_dead INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE held ADD COLUMN held_at_clock_us INTEGER NOT NULL DEFAULT 0;   -- healthy_clock_us when held
 """
-MIGRATIONS = {2: MIGRATE_TO_V2}
+# Format 3: the flusher publishes the rate it drains at, for back-pressure by time.
+MIGRATE_TO_V3 = """
+ALTER TABLE state ADD COLUMN drain_rate REAL NOT NULL DEFAULT 0;  -- rows/s while busy (moving average); 0 = not measured
+"""
+MIGRATIONS = {2: MIGRATE_TO_V2, 3: MIGRATE_TO_V3}
 
 
 # The flusher checkpoints after each trim (Spool.checkpoint); a commit checkpoints by

@@ -10,6 +10,7 @@ at a time. Every process (and every thread that writes) opens its own.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,8 @@ from wal import schema
 from wal.base import LOCK_POLL_S, append_error, is_busy
 from wal.dead_letter_table import DeadLetterTable
 from wal.status import SpoolStatus
-from wal.types import Append, DrainCommit, HeldTask, SpoolBusy, SpoolCorrupt, SpoolError, SpoolFull, Waiting
+from wal.types import (FLUSHER_STALE_US, Append, DrainCommit, HeldTask, SpoolBusy, SpoolCorrupt, SpoolError,
+                       SpoolFull, SpoolLagging, Waiting)
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +78,26 @@ class Spool(SpoolStatus, DeadLetterTable):
 
     def _append_many(self, items: Sequence[Append]) -> list[int | SpoolError]:
         with self._transaction() as conn:
-            clock, live_bytes = conn.execute("SELECT clock_us, live_bytes FROM state").fetchone()
+            clock, live_bytes, waiting, rate, sink_healthy, heartbeat = conn.execute(
+                "SELECT clock_us, live_bytes, live_sessions + live_tasks, drain_rate, sink_healthy, heartbeat_us"
+                " FROM state").fetchone()
+            # Back-pressure by time: only with a measured rate, and not while the
+            # database is down or the flusher silent (then the byte cap protects).
+            now = now_us()
+            lag_limit = self._settings.max_lag if rate and sink_healthy and now - heartbeat < FLUSHER_STALE_US else 0
             results: list[int | SpoolError] = []
             accepted: list[tuple[int, Append]] = []
             received = max(now_us(), clock + 1)  # versions stay strictly increasing, in one commit too
             free, reserved = self._disk_room()
             for item in items:
-                refusal = None
+                refusal: SpoolError | None = None
                 if live_bytes + len(item.payload) > self._settings.max_bytes:
                     refusal = SpoolFull(f"spool holds {live_bytes} bytes, limit {self._settings.max_bytes}")
+                elif lag_limit and item.kind not in COMMAND_TYPES and (waiting + item.record_count) / rate > lag_limit:
+                    behind_s = waiting / rate
+                    refusal = SpoolLagging(
+                        f"{waiting} records wait, {behind_s:.0f} s of drain at {rate:.0f} rows/s; spool.max_lag is "
+                        f"{lag_limit:g} s", retry_after=max(1, min(60, math.ceil(behind_s - lag_limit) + 1)))
                 elif item.kind not in COMMAND_TYPES:  # commands are tiny, and a cleanup frees space
                     grows = int(len(item.payload) * _PAGE_SLACK)
                     # Afterwards free - grows must still cover the WAL (grown by as much) + the margin.
@@ -97,10 +110,11 @@ class Spool(SpoolStatus, DeadLetterTable):
                 if refusal is None:
                     accepted.append((received + len(accepted), item))
                     live_bytes += len(item.payload)
+                    waiting += item.record_count if item.kind not in COMMAND_TYPES else 0
                 results.append(refusal or len(accepted) - 1)
             seqs = self._insert_entries(conn, accepted)
-            if len(accepted) < len(items):
-                conn.execute("UPDATE state SET refused_at_us = ?", (now_us(),))
+            if any(isinstance(r, SpoolFull) for r in results):  # refused for space: /health says so
+                conn.execute("UPDATE state SET refused_at_us = ?", (now,))
             return [seqs[r] if isinstance(r, int) else r for r in results]
 
     def import_entries(self, rows: Sequence[tuple[int, Append]]) -> int:
@@ -154,9 +168,10 @@ class Spool(SpoolStatus, DeadLetterTable):
             conn.execute(
                 "UPDATE state SET flushed_seq = max(flushed_seq, ?), last_flush_us = ?, heartbeat_us = ?,"
                 " sessions_written = sessions_written + ?, tasks_written = tasks_written + ?,"
-                " tasks_held = tasks_held + ?, records_dead = records_dead + ?",
+                " tasks_held = tasks_held + ?, records_dead = records_dead + ?,"
+                " drain_rate = coalesce(?, drain_rate)",
                 (change.through_seq, now, now, change.sessions_written, change.tasks_written,
-                 len(change.hold), len(change.dead)))
+                 len(change.hold), len(change.dead), change.drain_rate))
             conn.executemany(
                 "INSERT INTO held (task_id, session_id, received_at_us, held_since_us, payload, held_at_clock_us)"
                 " VALUES (?, ?, ?, ?, ?, ?)",

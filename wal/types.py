@@ -15,6 +15,7 @@ class SpoolError(Exception):
 
     error_code = "SPOOL_UNAVAILABLE"
     retry_after = RETRY_AFTER_BUSY_S
+    status = 503
 
 
 class SpoolFull(SpoolError):
@@ -23,6 +24,17 @@ class SpoolFull(SpoolError):
     error_code = "SPOOL_FULL"
 
     def __init__(self, message: str, retry_after: int = RETRY_AFTER_FULL_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SpoolLagging(SpoolError):
+    """Nothing was appended: the backlog would take longer than spool.max_lag to drain."""
+
+    error_code = "SPOOL_LAGGING"
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
 
@@ -75,6 +87,7 @@ class DrainCommit(Struct):
     dead: list[DeadLetter] = []
     results: list[tuple[int, bytes]] = []  # (command seq, JSON result)
     drop_held: list[tuple[str, int]] = []  # (session_id, received before): orphans of a deleted session
+    drain_rate: float | None = None  # rows/s measured on busy cycles; None: unchanged
 
 
 class Totals(Struct, frozen=True):
@@ -114,6 +127,13 @@ class SpoolStats(Struct, frozen=True):
     disk_free_bytes: int = 0
     tasks_held: int = 0  # totals since the spool was created
     records_dead: int = 0
+    drain_rate: float = 0.0  # rows/s while busy; 0 = not measured yet
+
+    def estimated_lag_s(self) -> float | None:
+        """How long the records waiting now would take to drain, at the last measured rate."""
+        if not self.drain_rate:
+            return None
+        return (self.pending_sessions + self.pending_tasks) / self.drain_rate
 
     def is_flusher_alive(self, now_us: int) -> bool:
         """The flusher beats at least every second; FLUSHER_STALE_US of silence means it is not running."""

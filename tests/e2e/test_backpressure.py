@@ -31,3 +31,43 @@ def test_full_spool_answers_503_and_recovers(service_factory, tmp_path) -> None:
     assert stored == set(accepted)  # everything acknowledged, nothing of the refused batch
     assert svc.post_tasks([task("t-after", "s-1")]).status_code == 202
     assert svc.http.get("/health").status_code == 200
+
+
+def test_a_backlog_longer_than_max_lag_answers_429_and_drains(service_factory, tmp_path) -> None:
+    """Back-pressure by time: once the flusher has measured its drain rate, a
+    batch that would leave more than spool.max_lag seconds of drain waiting
+    gets 429 + Retry-After, and the backlog stays near that bound."""
+    import os
+    import signal
+
+    from testkit.load import only_flusher
+
+    svc = service_factory(f"sqlite:///{tmp_path / 'store.db'}", max_lag=0.5, max_delay=0.05)
+    assert svc.post_sessions([session("s-1")]).status_code == 202
+    for i in range(30):  # enough busy cycles for the flusher to measure its rate
+        assert svc.post_tasks([task(f"w-{i}-{j}", "s-1") for j in range(100)]).status_code == 202
+    assert svc.flush().status_code == 200
+    rate = svc.http.get("/health").json()["buffer"]["drain_rate"]
+    assert rate > 0, "no drain rate was measured"
+
+    flusher = only_flusher(svc)
+    os.kill(flusher, signal.SIGSTOP)  # the backlog now only grows
+    try:
+        accepted, refused = 0, None
+        for i in range(2_000):
+            r = svc.post_tasks([task(f"t-{i}-{j}", "s-1") for j in range(100)])
+            if r.status_code == 429:
+                refused = r
+                break
+            assert r.status_code == 202, r.text
+            accepted += 100
+        assert refused is not None, f"never refused ({accepted} records waiting, {rate} rows/s)"
+        assert refused.json()["error_code"] == "SPOOL_LAGGING" and int(refused.headers["Retry-After"]) >= 1
+        assert accepted <= rate * 0.5 + 100, (accepted, rate)  # at most one batch past the bound
+        health = svc.http.get("/health").json()
+        assert health["status"] != "unhealthy" and health["buffer"]["estimated_lag_seconds"] > 0.4, health
+    finally:
+        os.kill(flusher, signal.SIGCONT)
+    assert svc.flush().status_code == 200
+    assert len(sink_rows(svc.sink_url, "translation_tasks", "task_id")) == 3_000 + accepted
+    assert svc.post_tasks([task("t-after", "s-1")]).status_code == 202
