@@ -143,7 +143,9 @@ def test_orphans_wait_only_while_the_database_is_reachable(service_factory, tmp_
     from plugins.sqlite import SqliteSink
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    svc = service_factory(url, orphan_grace=3.0)
+    # The grace must outlast a restart (the flusher's healthy clock runs while
+    # ingest boots): 8 s, and the service stays stopped for longer than that.
+    svc = service_factory(url, orphan_grace=8.0)
     assert svc.post_tasks([task("t-a", "a"), task("t-b", "b")]).status_code == 202
     assert svc.flush().json()["tasks_held"] == 2
     assert svc.stop() == 0
@@ -152,7 +154,7 @@ def test_orphans_wait_only_while_the_database_is_reachable(service_factory, tmp_
     row = SESSION_TABLE.to_row(msgspec.convert(session("a"), Session), now_us(), now_us())
     sink.write([TableRows(SESSION_TABLE, [row])])
     sink.close()
-    time.sleep(4)
+    time.sleep(9)
     svc.start()
     assert svc.post_sessions([session("b")]).status_code == 202
     assert svc.flush().status_code == 200
@@ -161,5 +163,5 @@ def test_orphans_wait_only_while_the_database_is_reachable(service_factory, tmp_
     assert _dead(svc) == []
     # A true orphan still expires after orphan_grace of healthy time.
     assert svc.post_tasks([task("t-c", "never")]).status_code == 202
-    wait_for(lambda: [d["record_key"] for d in _dead(svc)] == ["t-c"], 15, "the orphan to be dead-lettered")
+    wait_for(lambda: [d["record_key"] for d in _dead(svc)] == ["t-c"], 25, "the orphan to be dead-lettered")
     assert "orphan_grace" in _dead(svc)[0]["error"]
