@@ -12,6 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from testkit.procs import cmdline, descendants
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count() or 1
 QUIET_BUSY_PERCENT = 20.0  # other jobs below this: the machine counts as quiet
@@ -37,27 +39,6 @@ def proc_cpu_s(pid: int) -> float:
 def ppid(pid: int) -> int:
     stat = _stat(pid)
     return int(stat[1][1]) if stat else 0
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        out.extend(map(int, children))
-        frontier.extend(map(int, children))
-    return out
 
 
 def _role(pid: int) -> str:

@@ -48,8 +48,9 @@ import httpx
 import pymysql
 
 from testkit.mariadb import PrivateMariaDB
-from testkit.load import Load, check_sink, flush_until_ok, is_alive, now_us
-from testkit.service import TASKS, Service, cmdline, descendants, sink_rows
+from testkit.load import Load, check_sink, flush_until_ok, now_us
+from testkit.procs import cmdline, descendants, is_alive, state_and_parent
+from testkit.service import TASKS, Service, sink_rows
 
 ROLES = ("ingest-worker", "ingest-main", "flusher", "query", "supervisor")
 DB_RESTART = "db-restart"
@@ -624,7 +625,7 @@ def _tree(service: Service) -> dict[str, list[int]]:
                                                   "query-worker")}
     for role, pids in service.children().items():
         for pid in pids:
-            state, parent = _stat(pid)
+            state, parent = state_and_parent(pid)
             if state in ("", "Z", "X"):
                 continue
             if role == "flusher":
@@ -632,16 +633,6 @@ def _tree(service: Service) -> dict[str, list[int]]:
             else:
                 tree[f"{role}-{'main' if parent == supervisor else 'worker'}"].append(pid)
     return tree
-
-
-def _stat(pid: int) -> tuple[str, str]:
-    """(state, parent pid) from /proc; ("", "") when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return fields[0], fields[1]
-    except OSError:
-        return "", ""
 
 
 def _spool_progress(spool: Path) -> tuple[int, int] | None:

@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from testkit.procs import is_alive, state_and_parent
 from testkit.service import SESSIONS, TASKS, Service, session, sink_rows, task, wait_for
 
 STATUSES = ("pending", "processing", "completed", "failed")
@@ -451,26 +452,11 @@ def granian_main(service: Service) -> int:
     """The granian main process of ingest (the supervisor's own child); 0 while
     there is not exactly one."""
     assert service.proc is not None
-    mains = [pid for pid in service.children()["ingest"] if _stat(pid)[1] == str(service.proc.pid)]
+    mains = [pid for pid in service.children()["ingest"] if state_and_parent(pid)[1] == str(service.proc.pid)]
     return int(mains[0]) if len(mains) == 1 else 0
 
 
 def granian_workers(service: Service) -> list[int]:
     """The ingest worker pids: the children of granian main processes."""
     assert service.proc is not None
-    return [pid for pid in service.children()["ingest"] if _stat(pid)[1] not in ("", str(service.proc.pid))]
-
-
-def is_alive(pid: int) -> bool:
-    return _stat(pid)[0] not in ("", "Z", "X")
-
-
-def _stat(pid: int) -> tuple[str, str]:
-    """(state, parent pid) from /proc; ("", "") when the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return fields[0], fields[1]
-    except OSError:
-        return "", ""
-
+    return [pid for pid in service.children()["ingest"] if state_and_parent(pid)[1] not in ("", str(service.proc.pid))]

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pymysql
 
+from testkit.procs import cmdline, descendants
 from wal.types import SpoolError
 
 MYSQL_HOST = "127.0.0.1"
@@ -182,27 +183,6 @@ def _kill_group_leftovers(proc: subprocess.Popen | None) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def descendants(pid: int) -> list[int]:
-    out, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            out.append(child)
-            frontier.append(child)
-    return out
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 # -- reading the sink directly, as an operator would -------------------------
