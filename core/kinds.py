@@ -38,13 +38,14 @@ class RecordKind:
     decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
     record_decoder: msgspec.json.Decoder[Any] = field(init=False, repr=False)
     key_of: Callable[[Any], str] = field(init=False, repr=False)  # attrgetter: the drain calls it per record
-    parent_of: Callable[[Any], str] = field(init=False, repr=False)
+    parent_of: Callable[[Any], str] = field(init=False, repr=False)  # only for a kind with a parent
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "decoder", msgspec.json.Decoder(self.batch))
         object.__setattr__(self, "record_decoder", msgspec.json.Decoder(self.record))
         object.__setattr__(self, "key_of", operator.attrgetter(self.key_field))
-        object.__setattr__(self, "parent_of", operator.attrgetter(self.parent_field or self.key_field))
+        if self.parent_field:
+            object.__setattr__(self, "parent_of", operator.attrgetter(self.parent_field))
 
     def decode(self, payload: bytes) -> Sequence[Any]:
         """The records of a spooled (or posted) batch; raises msgspec errors."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import msgspec
 from msgspec import Struct
 
-from core.kinds import BY_NAME, KINDS, RecordKind
+from core.kinds import BY_ENTRY_KIND, BY_NAME, KINDS, RecordKind
 from core.records import COMMAND_TYPES, JSON_ENCODER, SpoolEntry
 from core.settings import FlushSettings
 from core.times import now_us
@@ -48,11 +48,9 @@ Group = tuple[Table, list[tuple[Item, Row]]]  # one table's items with their row
 
 
 class DrainReport(Struct):
-    through_seq: int
+    """What a cycle did, for the metrics."""
     written: dict[str, int]  # rows written, by kind name
-    held: int
-    released: int
-    dead: dict[str, int]  # records dead-lettered, by kind name
+    dead: dict[str, int]  # records dead-lettered, by kind name ("command" for a command)
     rejected: int = 0  # rows the database refused for good (counted in dead too)
 
 
@@ -149,7 +147,7 @@ class Drainer:
             sessions_written=written.get("session", 0), tasks_written=written.get("task", 0),
             hold=hold, release=release, dead=dead, drain_rate=self._rate or None)
         self._spool.commit_drain(change)
-        return DrainReport(change.through_seq, written, len(hold), len(release), _dead_by_kind(dead), len(rejected))
+        return DrainReport(written, _dead_by_kind(dead), len(rejected))
 
     def drain_held(self, held: list[HeldTask]) -> DrainReport:
         """Held tasks alone (between batches): those whose session is now stored are written."""
@@ -166,7 +164,7 @@ class Drainer:
         results = [(entry.seq, encode_result(failed(entry, text)))] if entry.kind in COMMAND_TYPES else []
         dead = [DeadLetter(entry.seq, entry.kind, "", entry.received_at_us, text, entry.payload)]
         self._spool.commit_drain(DrainCommit(through_seq=entry.seq, results=results, dead=dead))
-        return DrainReport(entry.seq, {}, 0, 0, _dead_by_kind(dead))
+        return DrainReport({}, _dead_by_kind(dead))
 
     def _apply_command(self, entry: SpoolEntry) -> DrainReport:
         try:
@@ -183,7 +181,7 @@ class Drainer:
             drop_held.append((applied.deleted_session, entry.received_at_us))
         self._spool.commit_drain(DrainCommit(through_seq=entry.seq, results=[(entry.seq, encode_result(applied))],
                                              drop_held=drop_held))
-        return DrainReport(entry.seq, {}, 0, 0, {})
+        return DrainReport({}, {})
 
     def _held_items(self, held: list[HeldTask], dead: list[DeadLetter]) -> list[Item]:
         """Held records come back as items, to be checked against the sink again."""
@@ -301,7 +299,8 @@ def _count_dead(dead: list[DeadLetter], kind: RecordKind) -> int:
 def _dead_by_kind(dead: list[DeadLetter]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for letter in dead:
-        name = next((k.name for k in KINDS if k.entry_kind == letter.kind), "command")
+        kind = BY_ENTRY_KIND.get(letter.kind)
+        name = kind.name if kind else "command"
         counts[name] = counts.get(name, 0) + 1
     return counts
 
