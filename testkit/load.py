@@ -27,7 +27,9 @@ connection broke: it may or may not be stored) carries a higher version.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -438,6 +440,27 @@ def running(service: Service) -> Iterator[Service]:
         yield service
     finally:
         service.kill()
+
+
+def pause_flusher(service: Service, timeout: float = 10) -> int:
+    """SIGSTOP the flusher at a moment it holds no spool write lock (stopped
+    inside a transaction it would block every append), and return its pid.
+    The caller SIGCONTs it."""
+    pid = only_flusher(service)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        probe = sqlite3.connect(service.spool_path, timeout=0.2, isolation_level=None)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.execute("ROLLBACK")
+            return pid
+        except sqlite3.OperationalError:  # stopped mid-transaction: let it finish, try again
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.01)
+        finally:
+            probe.close()
+    raise AssertionError(f"could not pause flusher {pid} outside a spool write within {timeout} s")
 
 
 def only_flusher(service: Service, not_pid: int = 0, timeout: float = 30) -> int:

@@ -40,7 +40,7 @@ def test_a_backlog_longer_than_max_lag_answers_429_and_drains(service_factory, t
     import os
     import signal
 
-    from testkit.load import only_flusher
+    from testkit.load import pause_flusher
 
     # max_delay long: the flusher drains only full 1,000-record batches (or on /flush), so it
     # measures its rate on busy cycles whatever the speed of this machine.
@@ -52,8 +52,7 @@ def test_a_backlog_longer_than_max_lag_answers_429_and_drains(service_factory, t
     rate = svc.http.get("/health").json()["buffer"]["drain_rate"]
     assert rate > 0, "no drain rate was measured"
 
-    flusher = only_flusher(svc)
-    os.kill(flusher, signal.SIGSTOP)  # the backlog now only grows
+    flusher = pause_flusher(svc)  # the backlog now only grows
     try:
         accepted, refused = 0, None
         for i in range(2_000):

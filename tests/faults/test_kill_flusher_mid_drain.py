@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from testkit.load import Load, check_sink, flush_until_ok, health, only_flusher, spool_state
+from testkit.load import Load, check_sink, flush_until_ok, health, only_flusher, pause_flusher, spool_state
 from testkit.service import wait_for
 
 # Kill #n lands this long after the flusher was seen committing a cycle, so the
@@ -27,8 +27,7 @@ def test_kill_flusher_mid_drain(service_factory, sink_url: str) -> None:
 
     # Build a backlog that needs many drain cycles: the flusher is paused (SIGSTOP)
     # while ~60k writes are acknowledged, then resumed.
-    flusher = only_flusher(service)
-    os.kill(flusher, signal.SIGSTOP)
+    flusher = pause_flusher(service)
     try:
         bulk.start().join(180)
     finally:
