@@ -6,8 +6,12 @@ in /openapi.json."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Literal
 
+import msgspec
 from msgspec import Struct
 
 from core.records import IsoTime
@@ -37,6 +41,13 @@ class FlusherState(Struct):
     stalled_seconds: float  # records have waited this long with nothing written (0 while it progresses)
 
 
+class BlobStoreHealth(Struct):
+    store: str  # "file" or "s3"
+    status: Literal["healthy", "unhealthy", "unknown"]  # unknown: no recent check (query process down)
+    error: str | None = None
+    checked_at: IsoTime | None = None
+
+
 class Health(Struct):
     status: Literal["healthy", "degraded", "unhealthy"]
     reason: str | None  # why the status is not healthy
@@ -45,10 +56,48 @@ class Health(Struct):
     flusher: FlusherState
     uptime_seconds: float
     version: str
+    blob_store: BlobStoreHealth | None = None  # the files' store, as the query process last found it
 
 
-def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_s: float) -> tuple[int, Health]:
-    """(HTTP status, body): 503 exactly when the status is unhealthy."""
+# The query process checks the blob store in the background and leaves the
+# result beside the spool, so /health on either port reports it without I/O
+# to the store (and the ingest app never opens the store).
+STORE_HEALTH_FILE = "blob-store.health"
+STORE_HEALTH_STALE_US = 60_000_000
+
+
+class _StoreCheck(Struct):
+    store: str
+    error: str | None
+    checked_us: int
+
+
+def store_health_path(spool_path: str) -> Path:
+    return Path(spool_path).parent / STORE_HEALTH_FILE
+
+
+def publish_store_health(spool_path: str, store: str, error: str | None) -> None:
+    path = store_health_path(spool_path)
+    temp = path.with_name(f"{path.name}.{os.getpid()}")
+    temp.write_bytes(msgspec.json.encode(_StoreCheck(store, error, now_us())))
+    os.replace(temp, path)
+
+
+def read_store_health(spool_path: str) -> BlobStoreHealth | None:
+    with contextlib.suppress(FileNotFoundError, msgspec.DecodeError):
+        check = msgspec.json.decode(store_health_path(spool_path).read_bytes(), type=_StoreCheck)
+        status: Literal["healthy", "unhealthy", "unknown"] = "healthy" if check.error is None else "unhealthy"
+        if now_us() - check.checked_us > STORE_HEALTH_STALE_US:
+            status = "unknown"
+        return BlobStoreHealth(check.store, status, check.error, iso_z(check.checked_us))
+    return None
+
+
+def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_s: float,
+                  blob_store: BlobStoreHealth | None = None) -> tuple[int, Health]:
+    """(HTTP status, body): 503 exactly when the status is unhealthy. A blob
+    store that fails makes the service degraded, not unhealthy: translation
+    writes and reads still work."""
     now = now_us()
     flusher_alive = stats.is_flusher_alive(now)
     database_ok = flusher_alive and stats.sink_healthy
@@ -65,6 +114,8 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
     elif not database_ok:
         status = "degraded"
         reason = stats.sink_error or ("the flusher is not running" if not flusher_alive else None)
+    elif blob_store is not None and blob_store.status == "unhealthy":
+        status, reason = "degraded", f"the file store fails: {blob_store.error}"
     body = Health(
         status=status, reason=reason, database="healthy" if database_ok else "unhealthy",
         buffer=Buffer(
@@ -77,7 +128,7 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
             drain_rate=round(stats.drain_rate, 1), estimated_lag_seconds=_rounded(stats.estimated_lag_s())),
         flusher=FlusherState(alive=flusher_alive, sink_error=stats.sink_error or None,
                              stalled_seconds=round(stalled_s, 3)),
-        uptime_seconds=round((now - started_us) / 1e6, 3), version=version)
+        uptime_seconds=round((now - started_us) / 1e6, 3), version=version, blob_store=blob_store)
     return (503 if status == "unhealthy" else 200), body
 
 

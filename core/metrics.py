@@ -41,9 +41,19 @@ FLUSH_DURATION = Histogram("persistence_flush_duration_seconds", "Time of one dr
 SINK_ERRORS = Counter("persistence_sink_errors_total", "Sink errors by class.", ["error_class"])
 FLUSH_RETRIES = Counter("persistence_flush_retries_total", "Drain cycles retried after a transient error.")
 DEAD_LETTERED = Counter("persistence_dead_lettered_total", "Records moved to the dead-letter table.", ["kind"])
+FILE_BYTES = Counter("persistence_file_bytes_total", "File content bytes through the service.", ["direction"])
+FILE_UPLOADS = Counter("persistence_file_uploads_total", "File uploads by outcome.", ["outcome"])
+FILE_DEDUP_HITS = Counter("persistence_file_dedup_hits_total", "Uploads whose content was already stored.")
+BLOB_STORE_ERRORS = Counter("persistence_blob_store_errors_total", "Blob store failures by operation.",
+                            ["operation"])
+FILES_COLLECTED = Counter("persistence_files_collected_total", "Garbage collected by the file sweeper.", ["what"])
 PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by role.", ["role"],
                    multiprocess_mode="livesum")
 
+
+# created: 201 sent; too_large: 413; rejected: bad input or a digest/size that did not match;
+# aborted: the client went away; failed: the store or the database failed.
+UPLOAD_OUTCOMES = ("created", "too_large", "rejected", "aborted", "failed")
 
 BUILD_INFO = Gauge("persistence_build_info", "The running version (value 1).", ["version"],
                    multiprocess_mode="max")
@@ -62,6 +72,12 @@ def mark_up(role: str) -> None:
     DEAD_LETTERED.labels("command")
     for error_class in ("transient", "permanent"):
         SINK_ERRORS.labels(error_class)
+    for direction in ("in", "out"):
+        FILE_BYTES.labels(direction)
+    for outcome in UPLOAD_OUTCOMES:
+        FILE_UPLOADS.labels(outcome)
+    for what in ("expired_uploads", "contents", "leftovers"):
+        FILES_COLLECTED.labels(what)
 
 
 def render(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:

@@ -84,6 +84,23 @@ class RetentionSettings(Struct, frozen=True, forbid_unknown_fields=True):
     failed_days: Annotated[float, Meta(ge=0)] = 30.0
 
 
+class FilesSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "file:///data/files"
+    max_bytes: Annotated[int, Meta(ge=1)] = 5 * 1024**3
+    # S3: credentials (else the AWS_* environment), signing region, part size of multipart uploads.
+    access_key: str = ""
+    secret_key: str = ""
+    region: str = "us-east-1"
+    part_bytes: Annotated[int, Meta(ge=5 * 1024**2, le=5 * 1024**3)] = 8 * 1024**2
+    # HMAC key of the local store's presigned URLs; "" = a random key kept in the store's folder.
+    signing_secret: str = ""
+    # The base URL clients reach the service at, for the local store's presigned URLs; "" = the request's host.
+    public_url: str = ""
+    upload_expiry: Annotated[float, Meta(ge=1, le=604800)] = 3600.0
+    gc_interval: Annotated[float, Meta(ge=0)] = 300.0
+    body_timeout: Seconds = 60.0
+
+
 Scope = Literal["write", "read", "admin"]
 
 
@@ -110,6 +127,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     flush: FlushSettings = FlushSettings()
     sink: SinkSettings = SinkSettings()
     retention: RetentionSettings = RetentionSettings()
+    files: FilesSettings = FilesSettings()
     auth: AuthSettings = AuthSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""
@@ -171,7 +189,8 @@ def _resolve_paths(settings: Settings, base: Path, source: str) -> Settings:
                                       metrics_dir=str((base / settings.service.metrics_dir).resolve()))
     sink = msgspec.structs.replace(settings.sink, url=_resolve_sqlite_url(settings.sink.url, base))
     _check_url(sink.url)
-    return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, source=source)
+    files = msgspec.structs.replace(settings.files, url=_resolve_files_url(settings.files.url, base))
+    return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, files=files, source=source)
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:
@@ -179,6 +198,23 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
     if not url.startswith(prefix) or url.startswith(prefix + "/"):
         return url
     return prefix + str((base / url[len(prefix):]).resolve())
+
+
+def _resolve_files_url(url: str, base: Path) -> str:
+    """As with sqlite:///: file:///data/files is relative to the config file's
+    folder, file:////srv/files absolute. s3:// URLs are checked, not changed."""
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        path = url[len("file:///"):] if url.startswith("file:///") else ""
+        if not path:
+            raise ConfigError("files.url: a file URL names a folder (file:///data/files, file:////srv/files)")
+        return "file:///" + str((base / path).resolve()).lstrip("/") if not path.startswith("/") \
+            else "file:///" + path.lstrip("/")
+    if parts.scheme == "s3":
+        if not parts.netloc:
+            raise ConfigError("files.url: an s3 URL names a bucket (s3://bucket/prefix?endpoint=http://host:port)")
+        return url
+    raise ConfigError(f"files.url: unknown scheme {parts.scheme!r} (use file:///path or s3://bucket/prefix)")
 
 
 def _check_url(url: str) -> None:

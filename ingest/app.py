@@ -32,6 +32,7 @@ class State(TypedDict):
     flush_timeout: float
     started_us: int
     stall_after: float
+    spool_path: str
 
 
 ROUTES = [
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None) -> Port8001:
             yield State(writer=writer, spool=spool, max_body_bytes=settings.ingest.max_body_bytes,
                         body_timeout=settings.ingest.body_timeout,
                         flush_timeout=settings.ingest.flush_timeout, started_us=now_us(),
-                        stall_after=settings.flush.stall_after)
+                        stall_after=settings.flush.stall_after, spool_path=settings.spool.path)
         finally:
             writer.stop()
             spool.close()

@@ -41,6 +41,9 @@ _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"
 # granian frames the answer again.
 _DROPPED_ANSWER_HEADERS = _HOP_BY_HOP - {b"content-length"}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+# Bodies under these paths (file uploads, up to files.max_bytes) are streamed
+# to the query process as they arrive, never gathered here.
+STREAMED_PREFIXES = ("/api/v1/files",)
 
 
 class ClientGone(Exception):
@@ -97,6 +100,9 @@ class QueryProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets stop at the ingest app
+        if scope["path"].startswith(STREAMED_PREFIXES) and scope["method"] not in _IDEMPOTENT:
+            await self._stream_request(scope, receive, send)
+            return
         try:
             body = await _read_body(receive, self._max_body_bytes)
         except ClientGone:
@@ -153,6 +159,43 @@ class QueryProxy:
         else:
             conn.close()
 
+    async def _stream_request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Forward a body of any size as it arrives, on a connection of its
+        own. An answer that comes before the body ends (413, 422, 403) is
+        relayed at once and the rest of the body is not sent; a client that
+        goes away closes the upstream connection, which the query process
+        sees as its client going away (it drops the partial upload)."""
+        declared = next((v for n, v in scope["headers"] if n == b"content-length"), None)
+        is_chunked = declared is None
+        try:
+            conn = await self._connect()
+        except (OSError, TimeoutError) as exc:
+            logger.warning("query process unavailable for %s %s: %r", scope["method"], scope["path"], exc)
+            await self._error(scope, 503, "The query process is not available; retry later.", "QUERY_UNAVAILABLE",
+                              {"Retry-After": "1"}, receive, send)
+            return
+        try:
+            conn.writer.write(self._head(scope, None if is_chunked else int(declared or b"0")))
+            pump = asyncio.create_task(_pump(receive, conn.writer, is_chunked))
+            answer = asyncio.create_task(conn.reader.readuntil(b"\r\n\r\n"))
+            await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
+            if pump.done() and pump.exception() is not None:
+                answer.cancel()
+                if isinstance(pump.exception(), ClientGone):
+                    return
+                raise UpstreamClosed(f"sending the body failed: {pump.exception()!r}")
+            async with asyncio.timeout(READ_TIMEOUT_S) as deadline:
+                head = await answer
+                if not pump.done():
+                    pump.cancel()  # answered before the body ended: the rest is not wanted
+                await _relay(conn.reader, head, send, scope["method"] != "HEAD", deadline)
+        except (OSError, TimeoutError, UpstreamClosed, asyncio.IncompleteReadError, ValueError) as exc:
+            logger.warning("query process unavailable for %s %s: %r", scope["method"], scope["path"], exc)
+            await self._error(scope, 503, "The query process is not available; retry later.", "QUERY_UNAVAILABLE",
+                              {"Retry-After": "1"}, receive, send)
+        finally:
+            conn.close()
+
     async def _acquire(self) -> tuple[_Connection, bool]:
         while self._idle:
             conn = self._idle.pop()
@@ -166,12 +209,17 @@ class QueryProxy:
             reader, writer = await asyncio.open_connection(self._host, self._port)
         return _Connection(reader, writer)
 
-    def _head(self, scope: Scope, length: int) -> bytes:
+    def _head(self, scope: Scope, length: int | None) -> bytes:
+        """The request line and headers; length None: the body follows chunked."""
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
+        framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
         lines = [b"%s %s%s HTTP/1.1" % (scope["method"].encode(), path, b"?" + query if query else b""),
-                 b"host: " + self._authority, b"content-length: %d" % length]
+                 b"host: " + self._authority, framing]
         lines += [name + b": " + value for name, value in scope["headers"] if name.lower() not in _HOP_BY_HOP]
+        host = next((value for name, value in scope["headers"] if name == b"host"), None)
+        if host and not any(name == b"x-forwarded-host" for name, _ in scope["headers"]):
+            lines.append(b"x-forwarded-host: " + host)  # URLs the query process makes point here, not at it
         client = scope.get("client")
         if client:
             lines.append(b"x-forwarded-for: " + client[0].encode())
@@ -186,6 +234,23 @@ async def _exchange(conn: _Connection, request: bytes) -> bytes:
         if not exc.partial:
             raise UpstreamClosed("closed before answering") from None
         raise
+
+
+async def _pump(receive: Receive, writer: asyncio.StreamWriter, is_chunked: bool) -> None:
+    """The client's body to the query process, chunk by chunk, with back-pressure."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone()
+        chunk = message.get("body", b"")
+        if chunk:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if is_chunked else chunk)
+            await writer.drain()
+        if not message.get("more_body", False):
+            break
+    if is_chunked:
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:

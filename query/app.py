@@ -27,6 +27,11 @@ from core.settings import Settings, SinkSettings, load_settings
 from core.times import now_us
 from plugins import SinkError, open_sink
 from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
+from files import routes as file_routes
+from files.housekeeping import housekeeping
+from files.service import FileService, StoreUnavailable
+from plugins.blobs import open_blob_store
+from plugins.file_catalog import CatalogError, FileCatalog
 from query import routes
 from query.management import management_routes
 from query.count_cache import CountCache
@@ -34,7 +39,7 @@ from query.read_threads import ReadThreads
 from query.stats_cache import StatsCache
 from query.system import system_routes
 from wal import Spool, SpoolError
-from core.health import health_report
+from core.health import health_report, read_store_health
 
 logger = logging.getLogger(__name__)
 PREPARE_RETRY_S = 2.0
@@ -49,11 +54,13 @@ class State(TypedDict):
     read_threads: ReadThreads
     stats_cache: StatsCache
     counts: CountCache
+    files: FileService
+    spool_path: str
 
 
 async def health(request: Request) -> Response:
     status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION,
-                                 request.state.stall_after)
+                                 request.state.stall_after, read_store_health(request.state.spool_path))
     return json_response(body, status)
 
 
@@ -63,8 +70,8 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
                           "DATABASE_UNAVAILABLE", headers={"Retry-After": "5"})
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, ReadError: _unavailable,
-                                      SpoolError: unavailable}
+EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, ReadError: _unavailable, CatalogError: _unavailable,
+                                      SpoolError: unavailable, StoreUnavailable: file_routes.store_unavailable}
 
 ROUTES = [
     ScopedRoute("/health", health, methods=["GET"], access="open"),
@@ -113,18 +120,22 @@ def create_app(settings: Settings | None = None) -> Starlette:
         reader = open_reader(sink_settings)
         preparing = asyncio.create_task(_prepare(sink_settings, reader))
         threads = ReadThreads(READ_CONNECTIONS)
+        files = FileService(settings.files, open_blob_store(settings.files), FileCatalog.open(sink_settings))
+        keeping = asyncio.create_task(housekeeping(files, settings.spool.path))
         try:
             yield State(spool=spool, started_us=now_us(), stall_after=settings.flush.stall_after, reader=reader,
                         read_threads=threads, stats_cache=StatsCache(settings.query.stats_cache),
-                        counts=CountCache())
+                        counts=CountCache(), files=files, spool_path=settings.spool.path)
         finally:
+            keeping.cancel()
+            files.close()
             preparing.cancel()
             threads.close()
             reader.close()
             spool.close()
 
     metrics.mark_up("query")
-    all_routes = ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings)
+    all_routes = ROUTES + file_routes.ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings)
     return Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                      middleware=[Middleware(RequestContext, role="query", is_access_log=settings.service.access_log),
                                  Middleware(ApiKeyAuth, settings=settings.auth, routes=all_routes)])

@@ -73,7 +73,7 @@ class ListQuery(Struct, frozen=True):
         return base64.urlsafe_b64encode(_ENCODER.encode(cursor)).rstrip(b"=").decode()
 
 
-class _Reader:
+class ParamReader:
     """Reads parameters one by one, collecting every error before raising."""
 
     def __init__(self, params: QueryParams) -> None:
@@ -151,6 +151,16 @@ class _Reader:
             return None
         return cursor
 
+    def keyset_cursor(self, kind: str, flt: Struct, key_length: int) -> tuple[str, ...] | None:
+        """For lists paged by cursor alone (no page numbers, no totals): the key to continue after."""
+        cursor = self._cursor(_fingerprint(kind, flt), key_length)
+        return None if cursor is None else tuple(str(k) for k in cursor.key)
+
+    @staticmethod
+    def issue_cursor(kind: str, flt: Struct, key: list[str | int]) -> str:
+        cursor = Cursor(key, _fingerprint(kind, flt), 0, 0)
+        return base64.urlsafe_b64encode(_ENCODER.encode(cursor)).rstrip(b"=").decode()
+
     def done(self) -> None:
         if self.errors:
             raise InvalidParams(self.errors)
@@ -161,7 +171,7 @@ def _fingerprint(kind: str, flt: Struct) -> str:
 
 
 def session_list(params: QueryParams) -> tuple[SessionFilter, ListQuery]:
-    r = _Reader(params)
+    r = ParamReader(params)
     status = r.choice("status", SESSION_STATUSES)
     flt = SessionFilter(
         statuses=(status,) if status else (),
@@ -173,14 +183,14 @@ def session_list(params: QueryParams) -> tuple[SessionFilter, ListQuery]:
 
 
 def session_tasks(params: QueryParams, session_id: str) -> tuple[TaskFilter, ListQuery]:
-    r = _Reader(params)
+    r = ParamReader(params)
     flt = TaskFilter(session_id=session_id, status=r.choice("status", TASK_STATUSES),
                      sheet_name=r.text("sheet_name", 255), by_layout=True)
     return flt, r.list_query("session_tasks", flt, len(flt.order))
 
 
 def task_list(params: QueryParams) -> tuple[TaskFilter, ListQuery]:
-    r = _Reader(params)
+    r = ParamReader(params)
     flt = TaskFilter(session_id=r.text("session_id", 36), status=r.choice("status", TASK_STATUSES),
                      created_from=r.time("from_date", is_upper=False),
                      created_before=r.time("to_date", is_upper=True))
