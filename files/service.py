@@ -204,6 +204,8 @@ class FileService:
             if expected_sha is not None and done.sha256 != expected_sha:
                 raise ContentMismatch([FieldError("sha256", "differs from the uploaded content's")])
             return file_view(done)  # completed before: the same answer again
+        if pending.expires_at is not None and pending.expires_at < db_text(now_us()):
+            raise UploadNotFound(file_id)  # expired: the sweeper drops it and its bytes
         row = pending.row
         staged = upload_key(file_id)
         if row.sha256 is None:

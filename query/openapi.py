@@ -15,6 +15,16 @@ import msgspec
 from msgspec import Struct
 
 from core import VERSION
+from core.file_records import (
+    CompleteRequest,
+    File,
+    FileDeleted,
+    FileList,
+    PresignedUpload,
+    PresignedUrl,
+    PresignRequest,
+    UploadRequest,
+)
 from core.records import Cleanup, SessionBatch, TaskBatch
 from core.settings import Settings
 from query import openapi_types as t
@@ -22,13 +32,15 @@ from query.management import StatusChange
 from query.views import SESSION_STATUSES, TASK_STATUSES, SessionDetail, TaskView
 
 API = "/api/v1/translation"
+FILES = "/api/v1/files"
 SYSTEM = "/api/v1/system"
 REF = "#/components/schemas/{name}"
 TEXT = "text/plain"
 HTML = "text/html"
 JSON_OBJECT = "object"  # an answer whose schema is any JSON object (the OpenAPI document itself)
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64}
+_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36}
+BINARY = "application/octet-stream"
 
 Answer = type[Struct] | str  # a Struct, or a media type for a body that is not JSON
 
@@ -50,6 +62,7 @@ class Op(Struct, frozen=True):
     params: tuple[Param, ...] = ()
     errors: tuple[int, ...] = ()
     is_body_optional: bool = False
+    is_upload: bool = False  # the body is a file: multipart/form-data or the raw bytes
 
 
 def _enum(values: tuple[str, ...], description: str) -> dict[str, Any]:
@@ -66,6 +79,21 @@ TASK_STATUS = Param("status", _enum(TASK_STATUSES, "only tasks in this status"))
 LIMIT = Param("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100})
 AFTER_ID = Param("after_id", {"type": "integer", "minimum": 0, "maximum": 2**63 - 1, "default": 0},
                  "continue after this dead-letter id (next_after_id of the previous page)")
+
+SIGNED = (Param("expires", {"type": "integer"}, "unix seconds; part of the signed URL"),
+          Param("signature", {"type": "string"}, "part of the signed URL"))
+FILE_FILTERS = (Param("session_id", {"type": "string", "maxLength": 36}),
+                Param("owner_id", {"type": "string", "maxLength": 64}),
+                Param("content_type", {"type": "string", "maxLength": 255}),
+                Param("tag", {"type": "string", "maxLength": 64}),
+                Param("created_from", {"type": "string"}, "created_at >= this (ISO 8601 date or datetime)"),
+                Param("created_to", {"type": "string"}, "created_at before this; a date alone includes that day"),
+                CURSOR, LIMIT)
+UPLOAD_PARAMS = (Param("filename", {"type": "string", "maxLength": 255}, "required with a raw body"),
+                 Param("session_id", {"type": "string", "maxLength": 36}),
+                 Param("owner_id", {"type": "string", "maxLength": 64}),
+                 Param("tags", {"type": "string"}, "comma-separated"))
+RANGE_NOTE = "Range (one range) -> 206, unsatisfiable -> 416; If-None-Match with the ETag -> 304"
 
 WRITE_ERRORS = (400, 413, 422, 429, 503)
 READ_ERRORS = (422, 503)
@@ -111,6 +139,34 @@ OPERATIONS: tuple[Op, ...] = (
        Cleanup, errors=COMMAND_ERRORS, is_body_optional=True),
     Op("get", f"{API}/stats", "stats", "management", "Counts, performance and storage", {200: t.Stats},
        errors=(503,)),
+    Op("post", FILES, "uploadFile", "files", "Upload one file (multipart part `file`, or the raw body with ?filename=)",
+       {201: File}, params=UPLOAD_PARAMS, errors=(400, 408, 413, 422, 503), is_upload=True),
+    Op("get", FILES, "listFiles", "files", "List files, newest first", {200: FileList}, params=FILE_FILTERS,
+       errors=READ_ERRORS),
+    Op("get", f"{FILES}/{{file_id}}", "getFile", "files", "A file's metadata", {200: File}, errors=(404, 503)),
+    Op("delete", f"{FILES}/{{file_id}}", "deleteFile", "files",
+       "Delete a file (its content goes once no file refers to it)", {200: FileDeleted}, errors=(404, 503)),
+    Op("get", f"{FILES}/{{file_id}}/content", "downloadFile", "files", f"The content, streamed. {RANGE_NOTE}",
+       {200: BINARY, 206: BINARY, 304: BINARY}, errors=(404, 416, 503)),
+    Op("head", f"{FILES}/{{file_id}}/content", "headFile", "files", "The content's headers only",
+       {200: BINARY, 206: BINARY, 304: BINARY}, errors=(404, 416, 503)),
+    Op("get", f"{FILES}/{{file_id}}/download", "downloadSigned", "files",
+       f"The content through a URL the service signed (presign, local store): no API key. {RANGE_NOTE}",
+       {200: BINARY, 206: BINARY, 304: BINARY}, params=SIGNED, errors=(403, 404, 416, 503)),
+    Op("head", f"{FILES}/{{file_id}}/download", "headSigned", "files", "The signed download's headers only",
+       {200: BINARY, 206: BINARY, 304: BINARY}, params=SIGNED, errors=(403, 404, 416, 503)),
+    Op("post", f"{FILES}/{{file_id}}/presign", "presignDownload", "files",
+       "A URL that downloads the content without an API key until it expires", {200: PresignedUrl},
+       PresignRequest, errors=(400, 404, 422, 503), is_body_optional=True),
+    Op("post", f"{FILES}/uploads", "startUpload", "files",
+       "A presigned upload: PUT the bytes to `url` with `headers`, then complete", {201: PresignedUpload},
+       UploadRequest, errors=(400, 413, 422, 503)),
+    Op("put", f"{FILES}/uploads/{{file_id}}/content", "putSigned", "files",
+       "The bytes of a presigned upload, through a URL the service signed (local store): no API key",
+       {200: JSON_OBJECT}, params=SIGNED, errors=(403, 404, 408, 413, 503), is_upload=True),
+    Op("post", f"{FILES}/uploads/{{file_id}}/complete", "completeUpload", "files",
+       "Check the uploaded bytes (size, and sha256 when given) and publish the file", {201: File},
+       CompleteRequest, errors=(400, 404, 409, 422, 503), is_body_optional=True),
     Op("get", "/health", "health", "system", "Can the service accept writes (503 when it cannot)",
        {200: t.Health, 503: t.Health}),
     Op("get", "/metrics", "metrics", "system", "Prometheus metrics of every process", {200: TEXT}),
@@ -133,10 +189,12 @@ OPERATIONS: tuple[Op, ...] = (
 _ERRORS = {
     400: "The body is not JSON, or has the wrong content type",
     401: "No valid API key (only when auth.keys are configured)",
-    403: "The API key lacks the scope this path needs",
+    403: "The API key lacks the scope this path needs, or a presigned URL was altered or has expired",
     404: "Unknown id or path",
+    408: "The body did not arrive in time",
     409: "Not applied: a write with a newer version (updated_at) keeps the stored value",
     413: "The body is larger than allowed",
+    416: "The Range cannot be served: one range inside the content (Content-Range: bytes */size)",
     422: "The request breaks the rules: every bad field is listed in errors",
     429: "Too many requests (the backlog would take longer than spool.max_lag to drain, or the API key's rate "
          "limit): retry after Retry-After; nothing was accepted",
@@ -145,7 +203,8 @@ _ERRORS = {
     503: "Not available now (spool full, database unreachable, shutting down): retry after Retry-After",
 }
 # Paths that never ask for an API key: their routes declare access="open" (core.auth.ScopedRoute).
-_OPEN_PATHS = ("/health", "/openapi.json", "/docs")
+_OPEN_PATHS = ("/health", "/openapi.json", "/docs", f"{FILES}/{{file_id}}/download",
+               f"{FILES}/uploads/{{file_id}}/content")
 _SECURITY = {"apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
              "bearer": {"type": "http", "scheme": "bearer"}}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}
@@ -187,6 +246,14 @@ def _operation(op: Op, ref_of: dict[type, dict[str, Any]]) -> dict[str, Any]:
     if op.body is not None:
         doc["requestBody"] = {"required": not op.is_body_optional,
                               "content": {"application/json": {"schema": ref_of[op.body]}}}
+    if op.is_upload:
+        form = {"type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "contentMediaType": BINARY},
+                               "session_id": {"type": "string", "maxLength": 36},
+                               "owner_id": {"type": "string", "maxLength": 64},
+                               "tags": {"type": "string", "description": "comma-separated"}}}
+        doc["requestBody"] = {"required": True, "content": {
+            "multipart/form-data": {"schema": form}, "*/*": {"schema": {"type": "string", "contentMediaType": BINARY}}}}
     responses = {str(status): _answer(status, kind, ref_of) for status, kind in op.answers.items()}
     auth = () if op.path in _OPEN_PATHS else (401, 403, 429)
     for status in (*op.errors, *auth, 500):
