@@ -12,6 +12,7 @@ import pymysql
 import pytest
 
 from testkit.mariadb import PrivateMariaDB
+from testkit.seaweed import SeaweedS3
 from testkit.service import MYSQL_HOST, MYSQL_PORT, Service
 
 
@@ -35,6 +36,15 @@ def private_db(tmp_path: Path) -> Iterator[PrivateMariaDB]:
     db.start()
     yield db
     db.kill()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """One real SeaweedFS S3 server for the whole run (started in ~3 s); tests use their own prefixes."""
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.kill()  # a graceful stop takes ~15 s and keeps nothing we need
 
 
 @pytest.fixture(params=["sqlite", "mysql"])

@@ -37,13 +37,19 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while the process runs; a zombie (killed, not yet reaped: common
+    in containers whose init does not reap) writes nothing more."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # someone else's live process
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc: trust kill()
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 class LocalWriter:
@@ -133,20 +139,7 @@ class LocalBlobStore:
             file = open(self.path_of(key), "rb")
         except FileNotFoundError:
             raise BlobMissing(key) from None
-        return self._chunks(file, start, end)
-
-    @staticmethod
-    def _chunks(file: BinaryIO, start: int, end: int | None) -> Iterator[bytes]:
-        with file:
-            file.seek(start)
-            left = None if end is None else end - start
-            while left is None or left > 0:
-                chunk = file.read(READ_CHUNK_BYTES if left is None else min(READ_CHUNK_BYTES, left))
-                if not chunk:
-                    return
-                if left is not None:
-                    left -= len(chunk)
-                yield chunk
+        return _FileChunks(file, start, end)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -181,6 +174,31 @@ class LocalBlobStore:
 
     def close(self) -> None:
         pass
+
+
+class _FileChunks:
+    """The bytes [start, end) of an open file; close() releases it, read or not."""
+
+    def __init__(self, file: BinaryIO, start: int, end: int | None) -> None:
+        self._file = file
+        file.seek(start)
+        self._left = None if end is None else end - start
+
+    def __iter__(self) -> _FileChunks:
+        return self
+
+    def __next__(self) -> bytes:
+        want = READ_CHUNK_BYTES if self._left is None else min(READ_CHUNK_BYTES, self._left)
+        chunk = self._file.read(want) if want > 0 else b""
+        if not chunk:
+            self.close()
+            raise StopIteration
+        if self._left is not None:
+            self._left -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _mtime(path: Path) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import boto3
@@ -17,17 +17,8 @@ from botocore.config import Config
 
 from testkit.service import Service
 
-if TYPE_CHECKING:
-    from testkit.seaweed import SeaweedS3
+from testkit.seaweed import SeaweedS3
 
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    from testkit.seaweed import SeaweedS3
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
-    server.start()
-    yield server
-    server.stop()
 
 
 class StoreView:
