@@ -24,12 +24,13 @@ MAX_EXPIRES_IN = 604_800  # 7 days: the longest a SigV4 presigned URL may live
 DEFAULT_EXPIRES_IN = 900
 # Control characters would break headers and logs; '/' and '\\' would read as folders on a client's disk.
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
-_CONTENT_TYPE = re.compile(r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;.*)?$")
+CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[^\r\n]*)?$"
+_CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
 
 Filename = Annotated[str, Meta(min_length=1, max_length=MAX_FILENAME_CHARS)]
 Tag = Annotated[str, Meta(min_length=1, max_length=MAX_TAG_CHARS, pattern=r"^[^,\x00-\x1f]+$")]
 Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS)]
-ContentType = Annotated[str, Meta(min_length=3, max_length=MAX_CONTENT_TYPE_CHARS)]
+ContentType = Annotated[str, Meta(min_length=3, max_length=MAX_CONTENT_TYPE_CHARS, pattern=CONTENT_TYPE_PATTERN)]
 Size = Annotated[int, Meta(ge=0)]
 ExpiresIn = Annotated[int, Meta(ge=1, le=MAX_EXPIRES_IN)]
 Sha256 = Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]

@@ -23,10 +23,11 @@ async def housekeeping(files: FileService, spool_path: str) -> None:
     next_sweep = time.monotonic()  # at start: a kill -9 mid-upload leaves nothing once the service is back
     while True:
         await _check(files, spool_path)
-        if files.settings.gc_interval and time.monotonic() >= next_sweep:
+        if time.monotonic() >= next_sweep:
             await _sweep(files)
-            # Jittered, so that the workers of one machine do not sweep in step.
-            next_sweep = time.monotonic() + files.settings.gc_interval * random.uniform(0.8, 1.2)
+            # Jittered, so that the workers of one machine do not sweep in step; 0: only at start.
+            interval = files.settings.gc_interval or float("inf")
+            next_sweep = time.monotonic() + interval * random.uniform(0.8, 1.2)
         await asyncio.sleep(CHECK_INTERVAL_S)
 
 

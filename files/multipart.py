@@ -78,9 +78,6 @@ class MultipartUpload:
             raise BadMultipart("the multipart body ended before its closing boundary")
         if not self._file_seen:
             raise Invalid([FieldError("file", "a part named 'file' with the content is required")])
-        if not self.filename:
-            raise Invalid([FieldError("filename", "the 'file' part needs a filename"
-                                                  " (Content-Disposition: form-data; name=\"file\"; filename=...)")])
 
     # -- parser callbacks --------------------------------------------------
 

@@ -101,6 +101,12 @@ async def upload(request: Request) -> Response:
     content_type = request.headers.get("content-type", "application/octet-stream")
     file_id = str(uuid.uuid4())
     try:
+        # The query string is checked before any byte of the body is read, in both forms.
+        params = ParamReader(request.query_params)
+        asked = {name: params.get(name) for name in ("filename", "session_id", "owner_id", "tags")}
+        params.done()
+        _metadata(asked["filename"] or "-", "application/octet-stream", asked["session_id"], asked["owner_id"],
+                  _split_tags(asked["tags"]))
         if content_type.lower().startswith("multipart/"):
             _check_declared_length(request, limit + MULTIPART_OVERHEAD)
             form = MultipartUpload(boundary_of(content_type))
@@ -108,17 +114,16 @@ async def upload(request: Request) -> Response:
                                                "files.max_bytes")
             try:
                 form.close()
-                meta = _metadata(form.filename, form.content_type or "application/octet-stream",
-                                 form.fields.get("session_id") or None, form.fields.get("owner_id") or None,
-                                 _split_tags(form.fields.get("tags")))
+                # Parts win over the query string's fields.
+                fields = {name: form.fields.get(name) or asked[name] for name in ("session_id", "owner_id", "tags")}
+                meta = _metadata(form.filename or asked["filename"], form.content_type or "application/octet-stream",
+                                 fields["session_id"], fields["owner_id"], _split_tags(fields["tags"]))
             except ClientError:
                 await files.run(files.store.delete, upload_key(file_id))
                 raise
         else:
-            params = ParamReader(request.query_params)
-            meta = _metadata(params.get("filename"), content_type.strip(), params.get("session_id"),
-                             params.get("owner_id"), _split_tags(params.get("tags")))
-            params.done()
+            meta = _metadata(asked["filename"], content_type.strip(), asked["session_id"], asked["owner_id"],
+                             _split_tags(asked["tags"]))
             _check_declared_length(request, limit)
             sha256, size = await files.receive(upload_key(file_id), request.stream(), limit, "files.max_bytes")
         created = await files.create(file_id, sha256, size, meta)

@@ -67,7 +67,7 @@ class Signer:
         this method and file, and SignatureExpired when it was but is past its expiry."""
         if not expires or not signature or not expires.isdigit() or len(expires) > 12:
             raise SignatureRefused("The URL is not signed: it needs expires and signature.")
-        if not hmac.compare_digest(self.sign(method, file_id, int(expires)), signature):
+        if not hmac.compare_digest(self.sign(method, file_id, int(expires)).encode(), signature.encode()):
             raise SignatureRefused("The URL's signature does not match: it was altered or not issued here.")
         if int(expires) < time.time():
             raise SignatureExpired("The URL has expired; ask for a new one.")

@@ -75,7 +75,10 @@ def test_every_route_is_described_and_every_description_is_routed(document: dict
     routes = [r for r in [*INGEST_ROUTES, *create_app(Settings()).routes] if isinstance(r, Route)]
     routed = {(m.lower(), r.path) for r in routes for m in (r.methods or ()) if m != "HEAD"}
     described = {(method, path) for path, item in document["paths"].items() for method in item}
-    assert routed == described
+    # Starlette answers HEAD on every GET route; the document names it where HEAD is part of the contract.
+    heads = {(method, path) for method, path in described if method == "head"}
+    assert {("get", path) for _, path in heads} <= routed
+    assert routed == described - heads
 
 
 def test_schemas_come_from_the_msgspec_types(document: dict[str, Any]) -> None:
