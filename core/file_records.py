@@ -27,7 +27,9 @@ _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
 CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[^\r\n]*)?$"
 _CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
 
-Filename = Annotated[str, Meta(min_length=1, max_length=MAX_FILENAME_CHARS)]
+# Any Unicode but control characters, '/' and '\\'; not only spaces.
+FILENAME_PATTERN = r"^[^\x00-\x1f\x7f/\\]*[^\x00-\x1f\x7f/\\\s][^\x00-\x1f\x7f/\\]*$"
+Filename = Annotated[str, Meta(min_length=1, max_length=MAX_FILENAME_CHARS, pattern=FILENAME_PATTERN)]
 Tag = Annotated[str, Meta(min_length=1, max_length=MAX_TAG_CHARS, pattern=r"^[^,\x00-\x1f]+$")]
 Tags = Annotated[list[Tag], Meta(max_length=MAX_TAGS)]
 ContentType = Annotated[str, Meta(min_length=3, max_length=MAX_CONTENT_TYPE_CHARS, pattern=CONTENT_TYPE_PATTERN)]

@@ -128,7 +128,7 @@ async def read_body(request: Request, limit: int, timeout_s: float | None = None
 async def decode_body(request: Request, kind: type[T], limit: int, allow_empty: bool = False) -> T:
     """A small JSON body (management, system) decoded as kind; typed errors otherwise."""
     body = await read_body(request, limit)
-    if allow_empty and not body.strip():
+    if allow_empty and not body:
         return kind()
     try:
         return msgspec.json.decode(body, type=kind)

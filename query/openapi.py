@@ -16,6 +16,7 @@ from msgspec import Struct
 
 from core import VERSION
 from core.file_records import (
+    FILENAME_PATTERN,
     CompleteRequest,
     File,
     FileDeleted,
@@ -89,7 +90,8 @@ FILE_FILTERS = (Param("session_id", {"type": "string", "maxLength": 36}),
                 Param("created_from", {"type": "string"}, "created_at >= this (ISO 8601 date or datetime)"),
                 Param("created_to", {"type": "string"}, "created_at before this; a date alone includes that day"),
                 CURSOR, LIMIT)
-UPLOAD_PARAMS = (Param("filename", {"type": "string", "maxLength": 255}, "required with a raw body"),
+UPLOAD_PARAMS = (Param("filename", {"type": "string", "maxLength": 255, "pattern": FILENAME_PATTERN},
+                       "required with a raw body"),
                  Param("session_id", {"type": "string", "maxLength": 36}),
                  Param("owner_id", {"type": "string", "maxLength": 64}),
                  Param("tags", {"type": "string"}, "comma-separated"))
@@ -252,7 +254,8 @@ def _operation(op: Op, ref_of: dict[type, dict[str, Any]]) -> dict[str, Any]:
                                "session_id": {"type": "string", "maxLength": 36},
                                "owner_id": {"type": "string", "maxLength": 64},
                                "tags": {"type": "string", "description": "comma-separated"}}}
-        doc["requestBody"] = {"required": True, "content": {
+        # An empty body is an empty file.
+        doc["requestBody"] = {"required": False, "content": {
             "multipart/form-data": {"schema": form}, "*/*": {"schema": {"type": "string", "contentMediaType": BINARY}}}}
     responses = {str(status): _answer(status, kind, ref_of) for status, kind in op.answers.items()}
     auth = () if op.path in _OPEN_PATHS else (401, 403, 429)

@@ -90,10 +90,11 @@ def _healthy(overrides: dict[tuple[str, str], str] | None = None) -> list[dict[s
         ("persistence_sink_errors_total", "permanent"): "0x20",
         ("persistence_dead_lettered_total", "any"): "0x20",
         ("persistence_dead_letters", ""): "0x20",
+        ("persistence_blob_store_errors_total", "commit"): "0x20",
     }
     series.update(overrides or {})
     label_of = {"persistence_process_up": "role", "persistence_sink_errors_total": "error_class",
-                "persistence_dead_lettered_total": "kind"}
+                "persistence_dead_lettered_total": "kind", "persistence_blob_store_errors_total": "operation"}
     return [_series(name, values, **({label_of[name]: which} if which else {}))
             for (name, which), values in series.items()]
 
@@ -106,7 +107,7 @@ def _fires(alert: str, quiet_at: str, firing_at: str, **labels: str) -> list[dic
 
 def _severity(alert: str) -> str:
     warnings = {"PersistenceSpoolFilling", "PersistenceLagHigh", "PersistenceSinkTransientErrors",
-                "PersistenceDeadLetters"}
+                "PersistenceDeadLetters", "PersistenceBlobStoreErrors"}
     return "warning" if alert in warnings else "critical"
 
 
@@ -144,6 +145,8 @@ def _rule_tests() -> list[dict[str, Any]]:
               + [{"eval_time": "17m", "alertname": "PersistenceSinkPermanentErrors", "exp_alerts": []}]),
         _case({("persistence_dead_lettered_total", "any"): "0x5 2x15", ("persistence_dead_letters", ""): "0x5 2x15"},
               _fires("PersistenceDeadLetters", "5m", "7m")),
+        _case({("persistence_blob_store_errors_total", "commit"): "0x5 0+2x15"},
+              _fires("PersistenceBlobStoreErrors", "5m", "12m")),
         # The counter's series appears with its first dead letter: the table's size catches it.
         _case({("persistence_dead_lettered_total", "any"): "_x5 1x15", ("persistence_dead_letters", ""): "0x5 1x15"},
               _fires("PersistenceDeadLetters", "5m", "7m")),
