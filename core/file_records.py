@@ -24,7 +24,7 @@ MAX_EXPIRES_IN = 604_800  # 7 days: the longest a SigV4 presigned URL may live
 DEFAULT_EXPIRES_IN = 900
 # Control characters would break headers and logs; '/' and '\\' would read as folders on a client's disk.
 _BAD_FILENAME = re.compile(r"[\x00-\x1f\x7f/\\]")
-CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[^\r\n]*)?$"
+CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+([ \t]*;[^\x00-\x1f\x7f]*)?$"
 _CONTENT_TYPE = re.compile(CONTENT_TYPE_PATTERN)
 
 # Any Unicode but control characters, '/' and '\\'; not only spaces.
@@ -50,7 +50,7 @@ def filename_problem(name: str) -> str | None:
 
 
 def content_type_problem(value: str) -> str | None:
-    if len(value) > MAX_CONTENT_TYPE_CHARS or not _CONTENT_TYPE.match(value) or "\n" in value or "\r" in value:
+    if len(value) > MAX_CONTENT_TYPE_CHARS or not _CONTENT_TYPE.fullmatch(value):
         return "must be a media type such as text/csv or application/octet-stream"
     return None
 

@@ -107,7 +107,7 @@ async def upload(request: Request) -> Response:
         params.done()
         _metadata(asked["filename"] or "-", "application/octet-stream", asked["session_id"], asked["owner_id"],
                   _split_tags(asked["tags"]))
-        if content_type.lower().startswith("multipart/"):
+        if content_type.lower().startswith("multipart/form-data"):
             _check_declared_length(request, limit + MULTIPART_OVERHEAD)
             form = MultipartUpload(boundary_of(content_type))
             sha256, size = await files.receive(upload_key(file_id), _file_part(request, form), limit,

@@ -20,6 +20,7 @@ Every blocking call (store, catalog) runs in the service's own threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
@@ -117,6 +118,8 @@ class FileService:
         size = 0
         pending: list[bytes] = []
         pending_bytes = 0
+        # One block is hashed and written in a thread while the next one is read from the socket.
+        in_flight: asyncio.Future[None] | None = None
         try:
             iterator = body.__aiter__()
             while True:
@@ -133,13 +136,21 @@ class FileService:
                 pending.append(chunk)
                 pending_bytes += len(chunk)
                 if pending_bytes >= WRITE_BYTES:
-                    await self.run(_write, writer, digest, pending)
+                    if in_flight is not None:
+                        await in_flight
+                    in_flight = asyncio.ensure_future(self.run(_write, writer, digest, pending))
                     pending, pending_bytes = [], 0
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
             if pending:
                 await self.run(_write, writer, digest, pending)
             await self.run(writer.commit)
         except BaseException:
             # Also on cancellation (the client went away): drop the bytes here and now.
+            if in_flight is not None:
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(in_flight)  # a write still running in its thread must end first
             try:
                 writer.abort()
             except BlobStoreError as exc:

@@ -256,7 +256,7 @@ def _operation(op: Op, ref_of: dict[type, dict[str, Any]]) -> dict[str, Any]:
                                "tags": {"type": "string", "description": "comma-separated"}}}
         # An empty body is an empty file.
         doc["requestBody"] = {"required": False, "content": {
-            "multipart/form-data": {"schema": form}, "*/*": {"schema": {"type": "string", "contentMediaType": BINARY}}}}
+            "multipart/form-data": {"schema": form}, "*/*": {"schema": {}}}}  # any bytes are a file
     responses = {str(status): _answer(status, kind, ref_of) for status, kind in op.answers.items()}
     auth = () if op.path in _OPEN_PATHS else (401, 403, 429)
     for status in (*op.errors, *auth, 500):

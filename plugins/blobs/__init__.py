@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from core.settings import FilesSettings
 
-READ_CHUNK_BYTES = 256 * 1024
+READ_CHUNK_BYTES = 1024 * 1024  # one thread hop per MiB of a download
 
 
 class BlobStoreError(Exception):

@@ -82,6 +82,16 @@ POSITIVE_422_GAPS: tuple[tuple[str, str, str], ...] = (
     (rf"GET {API}/(sessions|tasks)", "(from_date|to_date)", _ANY),
     # The same two gaps on the file list: its cursor is issued by the service, its dates are any string.
     (r"GET /api/v1/files", "(cursor|created_from|created_to)", _ANY),
+    # DOC: `filename` is required with a raw body only; OpenAPI cannot tie a parameter to a media type.
+    (r"POST /api/v1/files", "filename", r"^required"),
+    # A pattern's `$` also matches before a final newline (Python regex, as the generator reads it); a
+    # filename or media type with a newline would break the headers it goes into, so the service refuses it.
+    (r"POST /api/v1/files(/uploads)?", "(filename|content_type)", r"^must (not hold control|be a media type)"),
+    # DOC: `tags` in the query is one comma-separated string; a string schema cannot say "at most 32
+    # items of 1 to 64 printable characters".
+    (r"POST /api/v1/files", "tags", _ANY),
+    # files.max_bytes is configuration: the document cannot carry this service's value.
+    (r"POST /api/v1/files/uploads", "size", r"^must be at most files\.max_bytes"),
     # DOC: DeadLetterSelection admits {} and {"ids": []}; the service needs ids (>= 1 of them) or all: true.
     (r"(POST|DELETE) /api/v1/system/dead-letters(/retry|/purge)?", "body", _ANY),
 )
