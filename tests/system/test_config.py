@@ -123,3 +123,20 @@ def test_spool_sync_is_in_force_in_every_ingest_writer(service_factory, tmp_path
                         "both ingest workers to report their spool connection")
     assert reported <= set(svc.children()["ingest"]), reported
     assert "synchronous=" + ("normal" if sync == "full" else "full") not in svc.log.read_text()
+
+
+def test_file_store_secrets_never_show(service_factory, tmp_path: Path) -> None:
+    files = ('[files]\nurl = "s3://bucket/p?endpoint=http://127.0.0.1:1"\naccess_key = "AKIDSHOWN"\n'
+             'secret_key = "s3-secret-value"\nsigning_secret = "hmac-secret-value"\n')
+    service = service_factory(f"sqlite:///{tmp_path / 'store.db'}", extra_toml=files)
+    answer = service.http.get(CONFIG)
+    shown = answer.json()["files"]
+    assert shown["secret_key"] == REDACTED and shown["signing_secret"] == REDACTED
+    assert shown["access_key"] == "AKIDSHOWN"  # an identifier, like a user name
+    assert "s3-secret-value" not in answer.text and "hmac-secret-value" not in answer.text
+    # Nothing answers on that endpoint: /health reports the store failing, without the secret.
+    store = wait_for(lambda: service.http.get("/health").json().get("blob_store"), 30, "a store check")
+    assert store["store"] == "s3" and store["status"] == "unhealthy" and store["error"]
+    health = service.http.get("/health")
+    assert health.json()["status"] == "degraded" and "s3-secret-value" not in health.text
+    assert "s3-secret-value" not in service.log.read_text()
