@@ -116,4 +116,27 @@ def test_every_route_of_both_apps_declares_its_scope(tmp_path) -> None:
     assert declared[("PATCH", f"{api}/sessions/{{session_id}}/status")] == "admin"
     assert declared[("GET", "/api/v1/system/config")] == declared[("POST", "/api/v1/system/dead-letters/retry")] == "admin"
     assert declared[("POST", f"{api}/recovery/restore/{{session_id}}")] == declared[("GET", "/metrics")] == "read"
-    assert {path for (_, path), access in declared.items() if access == "open"} == {"/health", "/openapi.json", "/docs"}
+    files = "/api/v1/files"
+    assert declared[("POST", files)] == declared[("POST", f"{files}/uploads")] == "write"
+    assert declared[("GET", f"{files}/{{file_id}}/content")] == declared[("POST", f"{files}/{{file_id}}/presign")] == "read"
+    assert declared[("DELETE", f"{files}/{{file_id}}")] == "admin"
+    # A presigned URL's signature is its credential (files/signing.py checks it before anything else).
+    signed = {f"{files}/{{file_id}}/download", f"{files}/uploads/{{file_id}}/content"}
+    assert {path for (_, path), access in declared.items() if access == "open"} == {"/health", "/openapi.json",
+                                                                                    "/docs"} | signed
+
+
+def test_file_scopes_and_presigned_urls_without_a_key(secured) -> None:
+    files = "/api/v1/files"
+    assert secured.http.post(files, params={"filename": "a.txt"}, content=b"abc").status_code == 401
+    assert secured.http.post(files, params={"filename": "a.txt"}, content=b"abc", headers=_h("reader")).status_code == 403
+    made = secured.http.post(files, params={"filename": "a.txt"}, content=b"abc", headers=_h("writer"))
+    assert made.status_code == 201
+    file_id = made.json()["file_id"]
+    assert secured.http.get(f"{files}/{file_id}/content").status_code == 401
+    assert secured.http.delete(f"{files}/{file_id}", headers=_h("writer")).status_code == 403
+    url = secured.http.post(f"{files}/{file_id}/presign", json={}, headers=_h("reader")).json()["url"]
+    assert secured.http.get(url).content == b"abc"  # no key: the signature is the credential
+    assert secured.http.get(url.replace("signature=", "signature=0")).status_code == 403
+    assert secured.http.delete(f"{files}/{file_id}", headers=_h("admin")).status_code == 200
+    assert secured.http.get(url).status_code == 404
