@@ -90,6 +90,9 @@ POSITIVE_422_GAPS: tuple[tuple[str, str, str], ...] = (
     # DOC: `tags` in the query is one comma-separated string; a string schema cannot say "at most 32
     # items of 1 to 64 printable characters".
     (r"POST /api/v1/files", "tags", _ANY),
+    # DOC: the body is optional (an empty raw body is an empty file), but a multipart form must hold
+    # its `file` part; OpenAPI cannot make the body optional for one media type only.
+    (r"POST /api/v1/files", "file", r"^a part named 'file'"),
     # files.max_bytes is configuration: the document cannot carry this service's value.
     (r"POST /api/v1/files/uploads", "size", r"^must be at most files\.max_bytes"),
     # DOC: DeadLetterSelection admits {} and {"ids": []}; the service needs ids (>= 1 of them) or all: true.
