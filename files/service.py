@@ -45,10 +45,9 @@ FILE_THREADS = 8
 WRITE_BYTES = 1024 * 1024  # body chunks are gathered to this size before a write in a thread
 # A direct upload's committed bytes wait this long for their catalog row before the sweep may take them.
 LEFTOVER_AGE_S = 600.0
-HEALTH_FILE = "blob-store.health"
 
 
-class FileNotFoundError_(NotFound):
+class FileNotFound(NotFound):
     error_code = "FILE_NOT_FOUND"
 
     def __init__(self, file_id: str) -> None:
@@ -265,7 +264,7 @@ class FileService:
     async def get(self, file_id: str) -> FileRow:
         row = await self.run(self.catalog.get, file_id)
         if row is None:
-            raise FileNotFoundError_(file_id)
+            raise FileNotFound(file_id)
         return row
 
     async def content_key(self, row: FileRow) -> str:
@@ -279,7 +278,7 @@ class FileService:
     async def delete(self, file_id: str) -> None:
         sha256 = await self.run(self.catalog.delete, file_id)
         if sha256 is None:
-            raise FileNotFoundError_(file_id)
+            raise FileNotFound(file_id)
         try:
             if await self.run(self.catalog.collect, sha256, self.store.delete):
                 metrics.FILES_COLLECTED.labels("contents").inc()
@@ -309,9 +308,4 @@ def _write(writer: BlobWriter, digest: Any, chunks: list[bytes]) -> None:
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     digest.update(data)
     writer.write(data)
-
-
-def store_health_path(spool_path: str) -> Path:
-    """Where the query process leaves its last check of the blob store, for both apps' /health."""
-    return Path(spool_path).parent / HEALTH_FILE
 

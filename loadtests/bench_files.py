@@ -50,6 +50,7 @@ from boto3.s3.transfer import TransferConfig
 
 from loadtests.loadgen import RawHttp
 from loadtests.procstat import CpuWindow, proc_cpu_s, roles_of, wait_quiet
+from plugins.blobs.local import fsync_dir
 from testkit.procs import descendants
 from testkit.seaweed import SeaweedS3
 from testkit.service import Service
@@ -184,14 +185,6 @@ def chunks(data: bytes) -> Iterator[bytes]:
         yield data[at:at + CHUNK]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def evict(path: Path) -> None:
     """Drop a file's pages from the page cache (they are clean after fsync): the next read is from the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -257,7 +250,7 @@ def local_route(folder: Path) -> Route:
             out.flush()
             os.fsync(out.fileno())
         os.rename(temp, target)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return target
 
     def download(path: Path) -> tuple[int, str | None]:

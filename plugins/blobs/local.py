@@ -28,7 +28,7 @@ TMP = "tmp"
 UPLOADS = "uploads"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -72,7 +72,7 @@ class LocalWriter:
             file.close()
             self._target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(self._temp, self._target)
-            _fsync_dir(self._target.parent)
+            fsync_dir(self._target.parent)
         except OSError as exc:
             file.close()
             with contextlib.suppress(FileNotFoundError):
@@ -122,7 +122,7 @@ class LocalBlobStore:
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged, target)  # same digest, same bytes: a racing promote of the same content is harmless
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return True
 
     def exists(self, key: str) -> bool:

@@ -10,7 +10,6 @@ import time
 from urllib.parse import unquote
 
 import httpx
-import pytest
 
 from testkit.service import Service, wait_for
 from tests.files.conftest import StoreView
