@@ -44,6 +44,8 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 # Bodies under these paths (file uploads, up to files.max_bytes) are streamed
 # to the query process as they arrive, never gathered here.
 STREAMED_PREFIXES = ("/api/v1/files",)
+DISCARD_BYTES = 16 * 1024 * 1024  # of a refused body, read on so that its sender sees the answer
+DISCARD_S = 5.0
 
 
 class ClientGone(Exception):
@@ -68,6 +70,19 @@ class Port8001:
             await self.proxy(scope, receive, send)
         else:
             await self.ingest(scope, receive, send)
+
+
+class _AnswerKeepingProtocol(asyncio.StreamReaderProtocol):
+    """A failed write (the query process answered 413 and closed while the
+    body still went out) must not throw away the answer already received:
+    asyncio would hand the write's error to the reader, which then refuses
+    even buffered bytes. Here the reader just sees the end of the stream; an
+    answer cut short still shows, as IncompleteReadError."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            logger.debug("query connection lost: %r", exc)
+        super().connection_lost(None)
 
 
 class _Connection:
@@ -174,22 +189,32 @@ class QueryProxy:
             await self._error(scope, 503, "The query process is not available; retry later.", "QUERY_UNAVAILABLE",
                               {"Retry-After": "1"}, receive, send)
             return
+        answering = False
         try:
             conn.writer.write(self._head(scope, None if is_chunked else int(declared or b"0")))
             pump = asyncio.create_task(_pump(receive, conn.writer, is_chunked))
             answer = asyncio.create_task(conn.reader.readuntil(b"\r\n\r\n"))
             await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
-            if pump.done() and pump.exception() is not None:
+            if pump.done() and isinstance(pump.exception(), ClientGone):
                 answer.cancel()
-                if isinstance(pump.exception(), ClientGone):
-                    return
-                raise UpstreamClosed(f"sending the body failed: {pump.exception()!r}")
+                return
+            # A body the query process stopped reading (it answered 413 and closed) fails to send;
+            # its answer is read all the same, and only its absence is a 503.
             async with asyncio.timeout(READ_TIMEOUT_S) as deadline:
                 head = await answer
-                if not pump.done():
+                early = not pump.done()
+                if early:
                     pump.cancel()  # answered before the body ended: the rest is not wanted
+                elif pump.exception() is not None:
+                    logger.debug("the body's rest was not sent: %r", pump.exception())
+                answering = True
                 await _relay(conn.reader, head, send, scope["method"] != "HEAD", deadline)
+            if early or pump.exception() is not None:
+                await _discard_rest(receive)
         except (OSError, TimeoutError, UpstreamClosed, asyncio.IncompleteReadError, ValueError) as exc:
+            if answering:  # the answer had started: all that is left is to cut it short
+                logger.warning("query process answer broke off for %s %s: %r", scope["method"], scope["path"], exc)
+                return
             logger.warning("query process unavailable for %s %s: %r", scope["method"], scope["path"], exc)
             await self._error(scope, 503, "The query process is not available; retry later.", "QUERY_UNAVAILABLE",
                               {"Retry-After": "1"}, receive, send)
@@ -205,9 +230,12 @@ class QueryProxy:
         return await self._connect(), False
 
     async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(loop=loop)
         async with asyncio.timeout(CONNECT_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(self._host, self._port)
-        return _Connection(reader, writer)
+            transport, protocol = await loop.create_connection(
+                lambda: _AnswerKeepingProtocol(reader, loop=loop), self._host, self._port)
+        return _Connection(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
     def _head(self, scope: Scope, length: int | None) -> bytes:
         """The request line and headers; length None: the body follows chunked."""
@@ -234,6 +262,20 @@ async def _exchange(conn: _Connection, request: bytes) -> bytes:
         if not exc.partial:
             raise UpstreamClosed("closed before answering") from None
         raise
+
+
+async def _discard_rest(receive: Receive) -> None:
+    """Read (and drop) a little more of a body that was answered early: a
+    client still sending when the connection closes gets a reset, which can
+    destroy the answer before it reads it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DISCARD_S):
+            left = DISCARD_BYTES
+            while left > 0:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                left -= len(message.get("body", b""))
 
 
 async def _pump(receive: Receive, writer: asyncio.StreamWriter, is_chunked: bool) -> None:

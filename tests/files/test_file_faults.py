@@ -64,7 +64,7 @@ def test_oversize_is_refused_before_the_body_is_read(files_factory, store_view: 
         answer = answer or _answer(sock)
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     body = service.http.post(FILES, params={"filename": "x"}, content=b"y" * (LIMIT + 1))
-    assert body.status_code == 413 and body.json()["error_code"] == "PAYLOAD_TOO_LARGE"
+    assert body.status_code == 413 and body.json()["error_code"] == "PAYLOAD_TOO_LARGE", service.tail()
     assert service.http.post(FILES, params={"filename": "x"}, content=b"y" * LIMIT).status_code == 201
     assert len(service.http.get(FILES).json()["items"]) == 1
     wait_for(lambda: len(store_view.objects()) == 1, 10, "only the accepted file's bytes to remain")
