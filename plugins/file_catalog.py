@@ -21,24 +21,15 @@ next upload of that content repairs (FileService.finish checks the store).
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
-from urllib.parse import unquote, urlsplit
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
-import pymysql
-from pymysql.constants import CLIENT
 
 from core.settings import SinkSettings
 from plugins import SinkError
-from plugins.mysql import ISOLATION, READ_TIMEOUT_S, SESSION_INIT
-from plugins.mysql_reader import CONVERSIONS
+from plugins.direct_db import Cursor, DirectDatabase, Execute, Mysql
 
-CONNECTIONS = 4
 COLUMNS = ("file_id", "filename", "content_type", "size", "sha256", "session_id", "owner_id", "tags",
            "created_at")
 _SELECT = ", ".join(COLUMNS)
@@ -136,198 +127,34 @@ class FileFilter(msgspec.Struct, frozen=True):
     created_before: str | None = None  # created_at < this
 
 
-class _Cursor(Protocol):
-    rowcount: int
-
-    def execute(self, sql: str, args: Sequence[Any] = ...) -> Any: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> Any: ...
-
-
-class _Dialect:
-    """What differs between the two databases: connecting, the transaction
-    that locks, the parameter mark and the upsert."""
-
-    upsert_blob: str
-    lock: str  # appended to a SELECT that must hold its rows until commit
-
-    def connect(self) -> Any: ...
-
-    def migrate(self, conn: Any) -> None: ...
-
-    @contextlib.contextmanager
-    def transaction(self, conn: Any) -> Iterator[_Cursor]:
-        yield conn.cursor()
-
-    def sql(self, statement: str) -> str:
-        return statement
-
-    def is_lost(self, exc: Exception) -> bool:
-        return True
-
-
-class _Mysql(_Dialect):
-    upsert_blob = ("INSERT INTO file_blobs (sha256, store_key, size, refs, created_at) VALUES (%s, %s, %s, 1, %s)"
-                   " ON DUPLICATE KEY UPDATE refs = refs + 1")
-    lock = " FOR UPDATE"
-
-    def __init__(self, settings: SinkSettings) -> None:
-        url = urlsplit(settings.url)
-        self.database = url.path.strip("/")
-        self.params = dict(host=url.hostname or "127.0.0.1", port=url.port or 3306,
-                           user=unquote(url.username or "root"), password=unquote(url.password or ""),
-                           charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
-                           read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
-                           client_flag=CLIENT.FOUND_ROWS, conv=CONVERSIONS)
-
-    def connect(self) -> Any:
-        conn = pymysql.connect(database=self.database, **self.params)
-        with conn.cursor() as cur:
-            cur.execute(ISOLATION)
-        return conn
-
-    def migrate(self, conn: Any) -> None:
-        with conn.cursor() as cur:
-            cur.execute("SELECT @@collation_database")
-            collation = cur.fetchone()[0]
-            for statement in MYSQL_SCHEMA:
-                cur.execute(statement.format(collation=collation))
-        conn.commit()
-
-    @contextlib.contextmanager
-    def transaction(self, conn: Any) -> Iterator[_Cursor]:
-        try:
-            with conn.cursor() as cur:
-                yield cur
-            conn.commit()
-        except BaseException:
-            with contextlib.suppress(pymysql.err.Error):
-                conn.rollback()
-            raise
-
-    def is_lost(self, exc: Exception) -> bool:
-        return isinstance(exc, pymysql.err.OperationalError | pymysql.err.InterfaceError)
-
-
-class _Sqlite(_Dialect):
-    upsert_blob = ("INSERT INTO file_blobs (sha256, store_key, size, refs, created_at) VALUES (?, ?, ?, 1, ?)"
-                   " ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1")
-    lock = ""  # BEGIN IMMEDIATE already holds the database's write lock
-
-    def __init__(self, settings: SinkSettings) -> None:
-        self.path = Path(settings.url[len("sqlite:///"):])
-        self.timeout = settings.connect_timeout
-
-    def connect(self) -> Any:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=max(self.timeout, 10.0), isolation_level=None,
-                               check_same_thread=False)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")  # a 201 promises durable metadata
-        return conn
-
-    def migrate(self, conn: Any) -> None:
-        conn.executescript(SQLITE_SCHEMA)
-
-    @contextlib.contextmanager
-    def transaction(self, conn: Any) -> Iterator[_Cursor]:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn.cursor()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def sql(self, statement: str) -> str:
-        return statement.replace("%s", "?")
-
-    def is_lost(self, exc: Exception) -> bool:
-        return False  # a file: the connection stays usable after an error
-
-
 def _row(values: Sequence[Any]) -> FileRow:
     return FileRow(values[0], values[1], values[2], int(values[3]), values[4], values[5], values[6],
                    _TAGS.decode(values[7]), values[8])
 
 
 class FileCatalog:
-    def __init__(self, dialect: _Dialect) -> None:
-        self._dialect = dialect
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
-        self._migrated = False
+    def __init__(self, db: DirectDatabase) -> None:
+        self._db = db
+        self._write = db.write
+        self._read = db.read
+        self._lock = db.lock
+        self._upsert_blob = (
+            "INSERT INTO file_blobs (sha256, store_key, size, refs, created_at) VALUES (%s, %s, %s, 1, %s)"
+            + (" ON DUPLICATE KEY UPDATE refs = refs + 1" if isinstance(db.dialect, Mysql)
+               else " ON CONFLICT (sha256) DO UPDATE SET refs = refs + 1"))
 
     @classmethod
     def open(cls, settings: SinkSettings) -> FileCatalog:
-        scheme = urlsplit(settings.url).scheme
-        return cls(_Mysql(settings) if scheme == "mysql" else _Sqlite(settings))
-
-    # -- plumbing ----------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
-        try:
-            yield conn
-        except (pymysql.err.Error, sqlite3.Error) as exc:
-            if self._dialect.is_lost(exc):
-                with contextlib.suppress(pymysql.err.Error):
-                    conn.close()
-                conn = None
-            raise CatalogError(f"file catalog: {exc}") from exc
-        finally:
-            if conn is not None and self._idle.qsize() < CONNECTIONS:
-                self._idle.put(conn)
-            elif conn is not None:
-                conn.close()
-
-    def _connect(self) -> Any:
-        try:
-            conn = self._dialect.connect()
-            if not self._migrated:
-                self._dialect.migrate(conn)
-                self._migrated = True
-            return conn
-        except (pymysql.err.Error, sqlite3.Error, OSError) as exc:
-            raise CatalogError(f"file catalog: cannot connect: {exc}") from exc
-
-    def _write(self, work: Callable[[Callable[..., Any], _Cursor], Any]) -> Any:
-        """work(execute, cursor) in one write transaction."""
-        with self._connection() as conn, self._dialect.transaction(conn) as cur:
-            return work(lambda sql, *args: cur.execute(self._dialect.sql(sql), args), cur)
-
-    def _read(self, sql: str, *args: Any) -> list[Any]:
-        with self._connection() as conn:
-            cur = conn.cursor()
-            cur.execute(self._dialect.sql(sql), args)
-            rows = cur.fetchall()
-            if isinstance(conn, pymysql.connections.Connection):
-                conn.rollback()  # end the read snapshot: the next read sees later commits
-            return list(rows)
+        return cls(DirectDatabase(settings, MYSQL_SCHEMA, SQLITE_SCHEMA, CatalogError, "file catalog"))
 
     def migrate(self) -> None:
-        with self._connection():
-            pass
+        self._db.migrate()
 
     def ping(self) -> bool:
-        try:
-            self._read("SELECT 1")
-            return True
-        except CatalogError:
-            return False
+        return self._db.ping()
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self._db.close()
 
     # -- uploads -----------------------------------------------------------
 
@@ -337,7 +164,7 @@ class FileCatalog:
         unless the content was stored before)."""
         assert row.sha256 is not None
 
-        def work(execute: Callable[..., Any], cur: _Cursor) -> str:
+        def work(execute: Execute, cur: Cursor) -> str:
             self._insert(execute, row, None, expires_at)
             return self._reference(execute, cur, row.sha256 or "", candidate_key, row.size, row.created_at)
         return self._write(work)
@@ -349,9 +176,9 @@ class FileCatalog:
     def attach(self, file_id: str, sha256: str, candidate_key: str, now: str) -> str | None:
         """A presigned upload's bytes arrived and were checked: record their
         digest and reference; the store key, or None when the upload is gone."""
-        def work(execute: Callable[..., Any], cur: _Cursor) -> str | None:
+        def work(execute: Execute, cur: Cursor) -> str | None:
             execute(f"SELECT size FROM files WHERE file_id = %s AND state = 'pending' AND sha256 IS NULL"
-                    f"{self._dialect.lock}", file_id)
+                    f"{self._lock}", file_id)
             found = cur.fetchone()
             if found is None:
                 return None
@@ -360,7 +187,7 @@ class FileCatalog:
         return self._write(work)
 
     def mark_ready(self, file_id: str) -> bool:
-        def work(execute: Callable[..., Any], cur: _Cursor) -> bool:
+        def work(execute: Execute, cur: Cursor) -> bool:
             execute("UPDATE files SET state = 'ready', expires_at = NULL, upload_key = NULL"
                     " WHERE file_id = %s AND state = 'pending'", file_id)
             return cur.rowcount == 1
@@ -371,16 +198,16 @@ class FileCatalog:
         self._write(lambda execute, cur: execute("UPDATE file_blobs SET store_key = %s WHERE sha256 = %s",
                                                  store_key, sha256))
 
-    def _insert(self, execute: Callable[..., Any], row: FileRow, upload_key: str | None, expires_at: str) -> None:
+    def _insert(self, execute: Execute, row: FileRow, upload_key: str | None, expires_at: str) -> None:
         execute(f"INSERT INTO files ({_SELECT}, state, upload_key, expires_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'pending', %s, %s)",
                 *row[:7], msgspec.json.encode(row.tags).decode(), row.created_at, upload_key, expires_at)
         for tag in row.tags:
             execute("INSERT INTO file_tags (file_id, tag) VALUES (%s, %s)", row.file_id, tag)
 
-    def _reference(self, execute: Callable[..., Any], cur: _Cursor, sha256: str, candidate_key: str, size: int,
+    def _reference(self, execute: Execute, cur: Cursor, sha256: str, candidate_key: str, size: int,
                    now: str) -> str:
-        execute(self._dialect.upsert_blob, sha256, candidate_key, size, now)
+        execute(self._upsert_blob, sha256, candidate_key, size, now)
         execute("SELECT store_key FROM file_blobs WHERE sha256 = %s", sha256)
         return cur.fetchone()[0]
 
@@ -438,8 +265,8 @@ class FileCatalog:
 
     def delete(self, file_id: str) -> str | None:
         """Delete a ready file and drop its reference; its digest, or None when unknown."""
-        def work(execute: Callable[..., Any], cur: _Cursor) -> str | None:
-            execute(f"SELECT sha256 FROM files WHERE file_id = %s AND state = 'ready'{self._dialect.lock}", file_id)
+        def work(execute: Execute, cur: Cursor) -> str | None:
+            execute(f"SELECT sha256 FROM files WHERE file_id = %s AND state = 'ready'{self._lock}", file_id)
             found = cur.fetchone()
             if found is None:
                 return None
@@ -453,9 +280,9 @@ class FileCatalog:
 
     def drop_expired(self, file_id: str, now: str) -> tuple[str | None, str | None] | None:
         """Drop a pending upload if it expired: (its upload key, its digest), or None."""
-        def work(execute: Callable[..., Any], cur: _Cursor) -> tuple[str | None, str | None] | None:
+        def work(execute: Execute, cur: Cursor) -> tuple[str | None, str | None] | None:
             execute("SELECT upload_key, sha256 FROM files WHERE file_id = %s AND state = 'pending'"
-                    f" AND expires_at < %s{self._dialect.lock}", file_id, now)
+                    f" AND expires_at < %s{self._lock}", file_id, now)
             found = cur.fetchone()
             if found is None:
                 return None
@@ -465,8 +292,8 @@ class FileCatalog:
 
     def drop_pending(self, file_id: str) -> str | None:
         """Drop a pending upload now (its bytes did not match); its digest if it had one."""
-        def work(execute: Callable[..., Any], cur: _Cursor) -> str | None:
-            execute(f"SELECT sha256 FROM files WHERE file_id = %s AND state = 'pending'{self._dialect.lock}",
+        def work(execute: Execute, cur: Cursor) -> str | None:
+            execute(f"SELECT sha256 FROM files WHERE file_id = %s AND state = 'pending'{self._lock}",
                     file_id)
             found = cur.fetchone()
             if found is not None:
@@ -475,7 +302,7 @@ class FileCatalog:
         return self._write(work)
 
     @staticmethod
-    def _drop(execute: Callable[..., Any], file_id: str, sha256: str | None) -> None:
+    def _drop(execute: Execute, file_id: str, sha256: str | None) -> None:
         execute("DELETE FROM file_tags WHERE file_id = %s", file_id)
         execute("DELETE FROM files WHERE file_id = %s", file_id)
         if sha256 is not None:
@@ -487,8 +314,8 @@ class FileCatalog:
     def collect(self, sha256: str, delete_object: Callable[[str], None]) -> bool:
         """Remove content no file refers to: the object first, then its row,
         holding the row all along so no upload can add a reference meanwhile."""
-        def work(execute: Callable[..., Any], cur: _Cursor) -> bool:
-            execute(f"SELECT store_key, refs FROM file_blobs WHERE sha256 = %s{self._dialect.lock}", sha256)
+        def work(execute: Execute, cur: Cursor) -> bool:
+            execute(f"SELECT store_key, refs FROM file_blobs WHERE sha256 = %s{self._lock}", sha256)
             found = cur.fetchone()
             if found is None or int(found[1]) > 0:
                 return False
