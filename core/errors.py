@@ -18,6 +18,7 @@ class ClientError(Exception):
     status = 400
     error_code = "BAD_REQUEST"
     closes_connection = False  # the body was not read to its end: the connection cannot carry another request
+    headers: dict[str, str] = {}  # sent with the answer (Retry-After of a 429)
 
     def __init__(self, detail: str, errors: list[FieldError] | None = None, **extra: Any) -> None:
         super().__init__(detail)
@@ -79,3 +80,17 @@ class TaskNotFound(NotFound):
 
     def __init__(self, task_id: str) -> None:
         super().__init__("Task not found", task_id=task_id)
+
+
+class Conflict(ClientError):
+    status = 409
+    error_code = "CONFLICT"
+
+
+class TooManyRequests(ClientError):
+    status = 429
+    error_code = "TOO_MANY_REQUESTS"
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(max(1, int(retry_after_s + 0.999)))}

@@ -41,8 +41,8 @@ class FlusherState(Struct):
     stalled_seconds: float  # records have waited this long with nothing written (0 while it progresses)
 
 
-class BlobStoreHealth(Struct):
-    store: str  # "file" or "s3"
+class StoreHealth(Struct):
+    store: str  # "file" or "s3" (files); "sqlite" or "redis" (login sessions)
     status: Literal["healthy", "unhealthy", "unknown"]  # unknown: no recent check (query process down)
     error: str | None = None
     checked_at: IsoTime | None = None
@@ -56,13 +56,14 @@ class Health(Struct):
     flusher: FlusherState
     uptime_seconds: float
     version: str
-    blob_store: BlobStoreHealth | None = None  # the files' store, as the query process last found it
+    blob_store: StoreHealth | None = None  # the files' store, as the query process last found it
+    session_store: StoreHealth | None = None  # the login sessions' store, likewise
 
 
-# The query process checks the blob store in the background and leaves the
-# result beside the spool, so /health on either port reports it without I/O
-# to the store (and the ingest app never opens the store).
-STORE_HEALTH_FILE = "blob-store.health"
+# The query process checks the blob store and the session store in the
+# background and leaves each result beside the spool, so /health on either
+# port reports them without I/O to the stores (the ingest app never opens one).
+STORE_HEALTH_FILES = {"blob_store": "blob-store.health", "session_store": "session-store.health"}
 STORE_HEALTH_STALE_US = 60_000_000
 
 
@@ -72,32 +73,38 @@ class _StoreCheck(Struct):
     checked_us: int
 
 
-def store_health_path(spool_path: str) -> Path:
-    return Path(spool_path).parent / STORE_HEALTH_FILE
+def store_health_path(spool_path: str, component: str) -> Path:
+    return Path(spool_path).parent / STORE_HEALTH_FILES[component]
 
 
-def publish_store_health(spool_path: str, store: str, error: str | None) -> None:
-    path = store_health_path(spool_path)
+def publish_store_health(spool_path: str, component: str, store: str, error: str | None) -> None:
+    path = store_health_path(spool_path, component)
     temp = path.with_name(f"{path.name}.{os.getpid()}")
     temp.write_bytes(msgspec.json.encode(_StoreCheck(store, error, now_us())))
     os.replace(temp, path)
 
 
-def read_store_health(spool_path: str) -> BlobStoreHealth | None:
+def read_store_health(spool_path: str, component: str) -> StoreHealth | None:
     with contextlib.suppress(FileNotFoundError, msgspec.DecodeError):
-        check = msgspec.json.decode(store_health_path(spool_path).read_bytes(), type=_StoreCheck)
+        check = msgspec.json.decode(store_health_path(spool_path, component).read_bytes(), type=_StoreCheck)
         status: Literal["healthy", "unhealthy", "unknown"] = "healthy" if check.error is None else "unhealthy"
         if now_us() - check.checked_us > STORE_HEALTH_STALE_US:
             status = "unknown"
-        return BlobStoreHealth(check.store, status, check.error, iso_z(check.checked_us))
+        return StoreHealth(check.store, status, check.error, iso_z(check.checked_us))
     return None
 
 
+def stores_health(spool_path: str) -> dict[str, StoreHealth | None]:
+    """Every store's last check, by the Health field that reports it."""
+    return {component: read_store_health(spool_path, component) for component in STORE_HEALTH_FILES}
+
+
 def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_s: float,
-                  blob_store: BlobStoreHealth | None = None) -> tuple[int, Health]:
+                  blob_store: StoreHealth | None = None,
+                  session_store: StoreHealth | None = None) -> tuple[int, Health]:
     """(HTTP status, body): 503 exactly when the status is unhealthy. A blob
-    store that fails makes the service degraded, not unhealthy: translation
-    writes and reads still work."""
+    or session store that fails makes the service degraded, not unhealthy:
+    translation writes and reads still work."""
     now = now_us()
     flusher_alive = stats.is_flusher_alive(now)
     database_ok = flusher_alive and stats.sink_healthy
@@ -116,6 +123,8 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
         reason = stats.sink_error or ("the flusher is not running" if not flusher_alive else None)
     elif blob_store is not None and blob_store.status == "unhealthy":
         status, reason = "degraded", f"the file store fails: {blob_store.error}"
+    elif session_store is not None and session_store.status == "unhealthy":
+        status, reason = "degraded", f"the session store fails: {session_store.error}"
     body = Health(
         status=status, reason=reason, database="healthy" if database_ok else "unhealthy",
         buffer=Buffer(
@@ -128,7 +137,8 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
             drain_rate=round(stats.drain_rate, 1), estimated_lag_seconds=_rounded(stats.estimated_lag_s())),
         flusher=FlusherState(alive=flusher_alive, sink_error=stats.sink_error or None,
                              stalled_seconds=round(stalled_s, 3)),
-        uptime_seconds=round((now - started_us) / 1e6, 3), version=version, blob_store=blob_store)
+        uptime_seconds=round((now - started_us) / 1e6, 3), version=version, blob_store=blob_store,
+        session_store=session_store)
     return (503 if status == "unhealthy" else 200), body
 
 

@@ -27,6 +27,7 @@ _CODES = {400: "BAD_REQUEST", 404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: 
 
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$\.?(?P<path>[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$")
 
 
 def field_error(exc: msgspec.ValidationError) -> dict[str, str]:
@@ -39,6 +40,10 @@ def field_error(exc: msgspec.ValidationError) -> dict[str, str]:
     if missing:
         path = f"{path}.{missing['name']}" if path else missing["name"]
         message = "required field is missing"
+    unknown = _UNKNOWN.match(message)
+    if unknown:
+        path = f"{path}.{unknown['name']}" if path else unknown["name"]
+        message = "unknown field: not accepted here"
     return {"field": path, "message": message}
 
 
@@ -98,7 +103,7 @@ async def unavailable(request: Request, exc: Exception) -> Response:
 async def client_error(request: Request, exc: Exception) -> Response:
     """Every error a client can cause (core.errors), in API.md's shape."""
     assert isinstance(exc, ClientError)
-    headers = {"Connection": "close"} if exc.closes_connection else None
+    headers = dict(exc.headers, Connection="close") if exc.closes_connection else exc.headers
     return error_response(exc.status, exc.detail, exc.error_code, [{"field": e.field, "message": e.message}
                                                                    for e in exc.errors], headers, **exc.extra)
 

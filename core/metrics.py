@@ -47,6 +47,14 @@ FILE_DEDUP_HITS = Counter("persistence_file_dedup_hits_total", "Uploads whose co
 BLOB_STORE_ERRORS = Counter("persistence_blob_store_errors_total", "Blob store failures by operation.",
                             ["operation"])
 FILES_COLLECTED = Counter("persistence_files_collected_total", "Garbage collected by the file sweeper.", ["what"])
+LOGINS = Counter("persistence_logins_total", "Password checks (POST /users/authenticate) by outcome.", ["outcome"])
+USER_SESSIONS_ACTIVE = Gauge("persistence_user_sessions_active", "Valid login sessions in the session store.",
+                             multiprocess_mode="mostrecent")
+USER_CACHE = Counter("persistence_user_cache_total", "User cache lookups by result (hit ratio = hit / all).",
+                     ["result"])
+REDIS_ERRORS = Counter("persistence_redis_errors_total", "Failed calls to Redis by use.", ["use"])
+SESSION_STORE_ERRORS = Counter("persistence_session_store_errors_total", "Session store failures by operation.",
+                               ["operation"])
 PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by role.", ["role"],
                    multiprocess_mode="livesum")
 
@@ -54,6 +62,9 @@ PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by r
 # created: 201 sent; too_large: 413; rejected: bad input or a digest/size that did not match;
 # aborted: the client went away; failed: the store or the database failed.
 UPLOAD_OUTCOMES = ("created", "too_large", "rejected", "aborted", "failed")
+
+# ok: 200; failed: 401 (unknown login, wrong password, disabled user); limited: 429 before the check.
+LOGIN_OUTCOMES = ("ok", "failed", "limited")
 
 BUILD_INFO = Gauge("persistence_build_info", "The running version (value 1).", ["version"],
                    multiprocess_mode="max")
@@ -78,6 +89,12 @@ def mark_up(role: str) -> None:
         FILE_UPLOADS.labels(outcome)
     for what in ("expired_uploads", "contents", "leftovers"):
         FILES_COLLECTED.labels(what)
+    for outcome in LOGIN_OUTCOMES:
+        LOGINS.labels(outcome)
+    for result in ("hit", "miss"):
+        USER_CACHE.labels(result)
+    for use in ("sessions", "cache"):
+        REDIS_ERRORS.labels(use)
 
 
 def render(extra: Callable[[], Iterator[Metric]] | None = None) -> bytes:

@@ -101,6 +101,27 @@ class FilesSettings(Struct, frozen=True, forbid_unknown_fields=True):
     body_timeout: Seconds = 60.0
 
 
+class UsersSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    max_failures: Annotated[int, Meta(ge=1, le=1000)] = 5
+    failure_window: Seconds = 900.0
+    # Argon2id: iterations, memory per hash (KiB) and lanes; a stored hash with other values is
+    # rehashed at its next successful login.
+    hash_time_cost: Annotated[int, Meta(ge=1, le=20)] = 2
+    hash_memory_kib: Annotated[int, Meta(ge=8 * 1024, le=1024 * 1024)] = 19_456
+    hash_parallelism: Annotated[int, Meta(ge=1, le=16)] = 1
+    hash_threads: Annotated[int, Meta(ge=1, le=64)] = 2
+
+
+class UserSessionsSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "sqlite:///data/sessions.db"
+    sweep_interval: Annotated[float, Meta(ge=0)] = 60.0
+
+
+class CacheSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    url: str = "memory"
+    ttl: Seconds = 60.0
+
+
 Scope = Literal["write", "read", "admin"]
 
 
@@ -128,6 +149,9 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     sink: SinkSettings = SinkSettings()
     retention: RetentionSettings = RetentionSettings()
     files: FilesSettings = FilesSettings()
+    users: UsersSettings = UsersSettings()
+    user_sessions: UserSessionsSettings = UserSessionsSettings()
+    cache: CacheSettings = CacheSettings()
     auth: AuthSettings = AuthSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""
@@ -190,7 +214,25 @@ def _resolve_paths(settings: Settings, base: Path, source: str) -> Settings:
     sink = msgspec.structs.replace(settings.sink, url=_resolve_sqlite_url(settings.sink.url, base))
     _check_url(sink.url)
     files = msgspec.structs.replace(settings.files, url=_resolve_files_url(settings.files.url, base))
-    return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, files=files, source=source)
+    user_sessions = msgspec.structs.replace(settings.user_sessions,
+                                            url=_resolve_store_url(settings.user_sessions.url, base))
+    _check_cache_url(settings.cache.url)
+    return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, files=files,
+                                   user_sessions=user_sessions, source=source)
+
+
+def _resolve_store_url(url: str, base: Path) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        return _resolve_sqlite_url(url, base)
+    if scheme in ("redis", "rediss"):
+        return url
+    raise ConfigError(f"user_sessions.url: unknown scheme {scheme!r} (use sqlite:///path or redis://host:6379/0)")
+
+
+def _check_cache_url(url: str) -> None:
+    if url != "memory" and urlsplit(url).scheme not in ("redis", "rediss"):
+        raise ConfigError("cache.url: use memory or redis://host:6379/0")
 
 
 def _resolve_sqlite_url(url: str, base: Path) -> str:

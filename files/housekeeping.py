@@ -38,7 +38,7 @@ async def _check(files: FileService, spool_path: str) -> None:
     except BlobStoreError as exc:
         error = str(exc)
     try:
-        publish_store_health(spool_path, files.store.scheme, error)
+        publish_store_health(spool_path, "blob_store", files.store.scheme, error)
     except OSError as exc:
         logger.warning("cannot record the blob store's health beside the spool: %s", exc)
 

@@ -16,7 +16,7 @@ from core.kinds import RecordKind
 from core.records import Accepted, FlushResult
 from core.times import iso_z, now_us
 from ingest.validation import validate_batch
-from core.health import health_report, read_store_health
+from core.health import health_report, stores_health
 from wal.types import Append
 
 FLUSH_POLL_S = 0.02
@@ -70,6 +70,6 @@ async def flush(request: Request) -> Response:
 
 async def health(request: Request) -> Response:
     status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION,
-                                 request.state.stall_after, read_store_health(request.state.spool_path))
+                                 request.state.stall_after, **stores_health(request.state.spool_path))
     return json_response(body, status)
 

@@ -30,6 +30,9 @@ from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
 from files import routes as file_routes
 from files.housekeeping import housekeeping
 from files.service import FileService, StoreUnavailable
+from users import routes as user_routes
+from users.housekeeping import housekeeping as user_housekeeping
+from users.service import UserService
 from plugins.blobs import open_blob_store
 from plugins.file_catalog import CatalogError, FileCatalog
 from query import routes
@@ -39,7 +42,7 @@ from query.read_threads import ReadThreads
 from query.stats_cache import StatsCache
 from query.system import system_routes
 from wal import Spool, SpoolError
-from core.health import health_report, read_store_health
+from core.health import health_report, stores_health
 
 logger = logging.getLogger(__name__)
 PREPARE_RETRY_S = 2.0
@@ -55,12 +58,13 @@ class State(TypedDict):
     stats_cache: StatsCache
     counts: CountCache
     files: FileService
+    users: UserService
     spool_path: str
 
 
 async def health(request: Request) -> Response:
     status, body = health_report(request.state.spool.stats(), request.state.started_us, VERSION,
-                                 request.state.stall_after, read_store_health(request.state.spool_path))
+                                 request.state.stall_after, **stores_health(request.state.spool_path))
     return json_response(body, status)
 
 
@@ -71,7 +75,8 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, ReadError: _unavailable, CatalogError: _unavailable,
-                                      SpoolError: unavailable, StoreUnavailable: file_routes.store_unavailable}
+                                      SpoolError: unavailable, StoreUnavailable: file_routes.store_unavailable,
+                                      **user_routes.EXCEPTION_HANDLERS}
 
 ROUTES = [
     ScopedRoute("/health", health, methods=["GET"], access="open"),
@@ -122,11 +127,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         threads = ReadThreads(READ_CONNECTIONS)
         files = FileService(settings.files, open_blob_store(settings.files), FileCatalog.open(sink_settings))
         keeping = asyncio.create_task(housekeeping(files, settings.spool.path))
+        users = UserService(settings)
+        keeping_users = asyncio.create_task(user_housekeeping(users, settings.spool.path,
+                                                              settings.user_sessions.sweep_interval))
         try:
             yield State(spool=spool, started_us=now_us(), stall_after=settings.flush.stall_after, reader=reader,
                         read_threads=threads, stats_cache=StatsCache(settings.query.stats_cache),
-                        counts=CountCache(), files=files, spool_path=settings.spool.path)
+                        counts=CountCache(), files=files, users=users, spool_path=settings.spool.path)
         finally:
+            keeping_users.cancel()
+            users.close()
             keeping.cancel()
             files.close()
             preparing.cancel()
@@ -135,7 +145,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             spool.close()
 
     metrics.mark_up("query")
-    all_routes = ROUTES + file_routes.ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings)
+    all_routes = ROUTES + file_routes.ROUTES + user_routes.ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings)
     return Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                      middleware=[Middleware(RequestContext, role="query", is_access_log=settings.service.access_log),
                                  Middleware(ApiKeyAuth, settings=settings.auth, routes=all_routes)])

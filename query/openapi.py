@@ -27,6 +27,26 @@ from core.file_records import (
     UploadRequest,
 )
 from core.records import Cleanup, SessionBatch, TaskBatch
+from core.user_records import (
+    ROLES,
+    USER_STATUSES,
+    Authenticated,
+    Credentials,
+    NewUserSession,
+    Revoked,
+    RevokedCount,
+    SessionCreate,
+    SessionData,
+    TokenBody,
+    User,
+    UserCreate,
+    UserDeleted,
+    UserList,
+    UserPatch,
+    UserSession,
+    UserSessionList,
+    Validated,
+)
 from core.settings import Settings
 from query import openapi_types as t
 from query.management import StatusChange
@@ -34,13 +54,15 @@ from query.views import SESSION_STATUSES, TASK_STATUSES, SessionDetail, TaskView
 
 API = "/api/v1/translation"
 FILES = "/api/v1/files"
+USERS = "/api/v1/users"
+USER_SESSIONS = "/api/v1/user-sessions"
 SYSTEM = "/api/v1/system"
 REF = "#/components/schemas/{name}"
 TEXT = "text/plain"
 HTML = "text/html"
 JSON_OBJECT = "object"  # an answer whose schema is any JSON object (the OpenAPI document itself)
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36}
+_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36, "user_id": 36}
 BINARY = "application/octet-stream"
 
 Answer = type[Struct] | str  # a Struct, or a media type for a body that is not JSON
@@ -95,6 +117,11 @@ UPLOAD_PARAMS = (Param("filename", {"type": "string", "maxLength": 255, "pattern
                  Param("session_id", {"type": "string", "maxLength": 36}),
                  Param("owner_id", {"type": "string", "maxLength": 64}),
                  Param("tags", {"type": "string"}, "comma-separated"))
+USER_FILTERS = (Param("status", _enum(USER_STATUSES, "only users in this status")),
+                Param("role", _enum(ROLES, "only users with this role")),
+                Param("q", {"type": "string", "maxLength": 254},
+                      "prefix of username, email or display name, without regard to case"),
+                CURSOR, LIMIT)
 RANGE_NOTE = "Range (one range) -> 206, unsatisfiable -> 416; If-None-Match with the ETag -> 304"
 
 WRITE_ERRORS = (400, 413, 422, 429, 503)
@@ -169,6 +196,36 @@ OPERATIONS: tuple[Op, ...] = (
     Op("post", f"{FILES}/uploads/{{file_id}}/complete", "completeUpload", "files",
        "Check the uploaded bytes (size, and sha256 when given) and publish the file", {201: File},
        CompleteRequest, errors=(400, 404, 409, 422, 503), is_body_optional=True),
+    Op("post", USERS, "createUser", "users", "Create a user (written before the answer; 409 when taken)",
+       {201: User}, UserCreate, errors=(400, 409, 413, 422, 503)),
+    Op("get", USERS, "listUsers", "users", "List users, newest first", {200: UserList}, params=USER_FILTERS,
+       errors=READ_ERRORS),
+    Op("get", f"{USERS}/{{user_id}}", "getUser", "users", "One user", {200: User}, errors=(404, 503)),
+    Op("patch", f"{USERS}/{{user_id}}", "updateUser", "users",
+       "Change the fields sent (metadata whole; disabling revokes the user's sessions)", {200: User}, UserPatch,
+       errors=(400, 404, 409, 413, 422, 503)),
+    Op("delete", f"{USERS}/{{user_id}}", "deleteUser", "users", "Delete a user and revoke all of their sessions",
+       {200: UserDeleted}, errors=(404, 503)),
+    Op("post", f"{USERS}/authenticate", "authenticate", "users",
+       "Check a password (401 alike for unknown login, wrong password, disabled user; 429 after too many)",
+       {200: Authenticated}, Credentials, errors=(400, 401, 413, 422, 429, 503)),
+    Op("get", f"{USERS}/{{user_id}}/sessions", "listUserSessions", "user sessions",
+       "The user's valid login sessions (never their tokens)", {200: UserSessionList}, errors=(404, 503)),
+    Op("delete", f"{USERS}/{{user_id}}/sessions", "revokeUserSessions", "user sessions",
+       "Revoke every login session of the user", {200: RevokedCount}, errors=(404, 503)),
+    Op("post", USER_SESSIONS, "openUserSession", "user sessions",
+       "Open a login session: its token is in this answer only", {201: NewUserSession}, SessionCreate,
+       errors=(400, 404, 409, 413, 422, 503)),
+    Op("post", f"{USER_SESSIONS}/validate", "validateUserSession", "user sessions",
+       "The session and its user; slides the idle expiry (401 when unknown, revoked or expired)",
+       {200: Validated}, TokenBody, errors=(400, 401, 413, 422, 503)),
+    Op("patch", f"{USER_SESSIONS}/data", "setUserSessionData", "user sessions", "Replace a session's data",
+       {200: UserSession}, SessionData, errors=(400, 401, 413, 422, 503)),
+    Op("post", f"{USER_SESSIONS}/revoke", "revokeUserSession", "user sessions",
+       "Revoke the session of this token (200 also when it was not valid)", {200: Revoked}, TokenBody,
+       errors=(400, 413, 422, 503)),
+    Op("delete", f"{USER_SESSIONS}/{{session_id}}", "revokeUserSessionById", "user sessions",
+       "Revoke one session by its id", {200: Revoked}, errors=(404, 503)),
     Op("get", "/health", "health", "system", "Can the service accept writes (503 when it cannot)",
        {200: t.Health, 503: t.Health}),
     Op("get", "/metrics", "metrics", "system", "Prometheus metrics of every process", {200: TEXT}),
@@ -190,16 +247,18 @@ OPERATIONS: tuple[Op, ...] = (
 
 _ERRORS = {
     400: "The body is not JSON, or has the wrong content type",
-    401: "No valid API key (only when auth.keys are configured)",
+    401: "No valid API key (only when auth.keys are configured); on logins and login sessions: wrong credentials "
+         "(INVALID_CREDENTIALS) or a session that is not valid (SESSION_INVALID)",
     403: "The API key lacks the scope this path needs, or a presigned URL was altered or has expired",
     404: "Unknown id or path",
     408: "The body did not arrive in time",
-    409: "Not applied: a write with a newer version (updated_at) keeps the stored value",
+    409: "Not applied: a write with a newer version (updated_at) keeps the stored value; a username or email "
+         "already used (USERNAME_TAKEN, EMAIL_TAKEN); a disabled user (USER_DISABLED)",
     413: "The body is larger than allowed",
     416: "The Range cannot be served: one range inside the content (Content-Range: bytes */size)",
     422: "The request breaks the rules: every bad field is listed in errors",
-    429: "Too many requests (the backlog would take longer than spool.max_lag to drain, or the API key's rate "
-         "limit): retry after Retry-After; nothing was accepted",
+    429: "Too many requests (the backlog would take longer than spool.max_lag to drain, the API key's rate "
+         "limit, or too many failed logins for one login): retry after Retry-After; nothing was accepted",
     500: "A bug, or a command the database refused for good (COMMAND_FAILED, dead-lettered); logged with the "
          "request_id the body carries",
     503: "Not available now (spool full, database unreachable, shutting down): retry after Retry-After",

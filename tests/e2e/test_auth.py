@@ -120,6 +120,12 @@ def test_every_route_of_both_apps_declares_its_scope(tmp_path) -> None:
     assert declared[("POST", files)] == declared[("POST", f"{files}/uploads")] == "write"
     assert declared[("GET", f"{files}/{{file_id}}/content")] == declared[("POST", f"{files}/{{file_id}}/presign")] == "read"
     assert declared[("DELETE", f"{files}/{{file_id}}")] == "admin"
+    users, user_sessions = "/api/v1/users", "/api/v1/user-sessions"
+    assert declared[("POST", users)] == declared[("PATCH", f"{users}/{{user_id}}")] == "admin"
+    assert declared[("DELETE", f"{users}/{{user_id}}")] == declared[("DELETE", f"{users}/{{user_id}}/sessions")] == "admin"
+    assert declared[("GET", users)] == declared[("GET", f"{users}/{{user_id}}/sessions")] == "read"
+    assert declared[("POST", f"{users}/authenticate")] == declared[("POST", f"{user_sessions}/validate")] == "write"
+    assert declared[("DELETE", f"{user_sessions}/{{session_id}}")] == "admin"
     # A presigned URL's signature is its credential (files/signing.py checks it before anything else).
     signed = {f"{files}/{{file_id}}/download", f"{files}/uploads/{{file_id}}/content"}
     assert {path for (_, path), access in declared.items() if access == "open"} == {"/health", "/openapi.json",
@@ -140,3 +146,17 @@ def test_file_scopes_and_presigned_urls_without_a_key(secured) -> None:
     assert secured.http.get(url.replace("signature=", "signature=0")).status_code == 403
     assert secured.http.delete(f"{files}/{file_id}", headers=_h("admin")).status_code == 200
     assert secured.http.get(url).status_code == 404
+
+
+def test_user_management_needs_admin_and_logins_need_write(secured) -> None:
+    users = "/api/v1/users"
+    body = {"username": "ann", "email": "ann@example.com", "password": "correct horse"}
+    assert secured.http.post(users, json=body).status_code == 401
+    assert secured.http.post(users, json=body, headers=_h("writer")).status_code == 403
+    made = secured.http.post(users, json=body, headers=_h("admin"))
+    assert made.status_code == 201, made.text
+    assert secured.http.get(f"{users}/{made.json()['user_id']}", headers=_h("reader")).status_code == 200
+    login = {"login": "ann", "password": "correct horse"}
+    assert secured.http.post(f"{users}/authenticate", json=login, headers=_h("reader")).status_code == 403
+    assert secured.http.post(f"{users}/authenticate", json=login, headers=_h("writer")).status_code == 200
+    assert "correct horse" not in secured.log.read_text()

@@ -1,0 +1,1 @@
+"""Users and their login sessions (Phase 3): routes, service, cache."""
