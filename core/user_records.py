@@ -22,7 +22,8 @@ UserStatus = Literal["active", "disabled"]
 
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # One '@', something on both sides, a dot in the domain, no spaces or control characters.
-EMAIL_PATTERN = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f.]+(\.[^@\s\x00-\x1f\x7f.]+)+$"
+# No \s: JSON Schema's (ECMA) and Python's \s differ (U+0085), and the document must mean what the service checks.
+EMAIL_PATTERN = r"^[^@ \x00-\x1f\x7f-\x9f]+@[^@ \x00-\x1f\x7f-\x9f.]+(\.[^@ \x00-\x1f\x7f-\x9f.]+)+$"
 Username = Annotated[str, Meta(min_length=3, max_length=64, pattern=USERNAME_PATTERN)]
 Email = Annotated[str, Meta(min_length=6, max_length=254, pattern=EMAIL_PATTERN)]
 DisplayName = Annotated[str, Meta(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]

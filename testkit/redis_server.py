@@ -1,7 +1,8 @@
 """A private redis-server in a folder of its own, for tests that kill or
-restart Redis (the shared one on 127.0.0.1:6379 must stay up). It keeps
-nothing on disk (--save "" --appendonly no): a restart loses every key, as a
-Redis without persistence does.
+restart Redis (the shared one on 127.0.0.1:6379 must stay up). By default
+it keeps nothing on disk (--save "" --appendonly no): a restart loses every
+key, as a Redis without persistence does; persistent=True keeps an
+append-only file fsynced on every write, so a kill -9 loses nothing.
 
 Redis refuses port 0, so a free loopback port is picked first and kept for
 restarts: clients reconnect to the same address.
@@ -42,8 +43,9 @@ def _pings(port: int) -> bool:
 
 
 class RedisServer:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persistent: bool = False) -> None:
         self.folder = Path(folder)
+        self.persistent = persistent
         self.port = _free_port()
         self.log_path = self.folder / "redis.log"
         self.proc: subprocess.Popen | None = None
@@ -54,7 +56,8 @@ class RedisServer:
 
     def command(self) -> list[str]:
         return [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.folder),
+                "--save", "", "--dir", str(self.folder),
+                *(["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]),
                 "--daemonize", "no", "--logfile", ""]  # the log goes to stdout, i.e. log_path
 
     def start(self, timeout: float = 10) -> None:

@@ -286,16 +286,15 @@ class UserService:
 
     async def open_session(self, body: SessionCreate) -> NewUserSession:
         _check_size("data", body.data, MAX_SESSION_DATA_BYTES)
-        if body.idle_seconds > body.ttl_seconds:
-            raise Invalid([FieldError("idle_seconds", "must not exceed ttl_seconds")])
         row = await self.get_row(body.user_id)
         if row.status != "active":
             raise UserDisabled(row.user_id)
         token = secrets.token_urlsafe(32)
         now = now_us()
+        idle_s = min(body.idle_seconds, body.ttl_seconds)  # a longer idle window: the absolute expiry governs
         record = SessionRecord(session_id=str(uuid.uuid4()), user_id=row.user_id, created_us=now,
-                               expires_us=now + body.ttl_seconds * 1_000_000, idle_us=body.idle_seconds * 1_000_000,
-                               idle_expires_us=now + body.idle_seconds * 1_000_000, last_seen_us=now, ip=body.ip,
+                               expires_us=now + body.ttl_seconds * 1_000_000, idle_us=idle_s * 1_000_000,
+                               idle_expires_us=now + idle_s * 1_000_000, last_seen_us=now, ip=body.ip,
                                user_agent=body.user_agent, data=body.data)
         await self._store(self.sessions.create, token_hash(token), record)
         view = session_view(record)

@@ -83,6 +83,7 @@ POSITIVE_422_GAPS: tuple[tuple[str, str, str], ...] = (
     (rf"GET {API}/(sessions|tasks)", "(from_date|to_date)", _ANY),
     # The same two gaps on the file list: its cursor is issued by the service, its dates are any string.
     (r"GET /api/v1/files", "(cursor|created_from|created_to)", _ANY),
+    (r"GET /api/v1/users", "cursor", _ANY),
     # DOC: `filename` is required with a raw body only; OpenAPI cannot tie a parameter to a media type.
     (r"POST /api/v1/files", "filename", r"^required"),
     # A pattern's `$` also matches before a final newline (Python regex, as the generator reads it); a

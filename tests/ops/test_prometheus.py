@@ -94,7 +94,8 @@ def _healthy(overrides: dict[tuple[str, str], str] | None = None) -> list[dict[s
     }
     series.update(overrides or {})
     label_of = {"persistence_process_up": "role", "persistence_sink_errors_total": "error_class",
-                "persistence_dead_lettered_total": "kind", "persistence_blob_store_errors_total": "operation"}
+                "persistence_dead_lettered_total": "kind", "persistence_blob_store_errors_total": "operation",
+                "persistence_session_store_errors_total": "operation"}
     return [_series(name, values, **({label_of[name]: which} if which else {}))
             for (name, which), values in series.items()]
 
@@ -107,7 +108,7 @@ def _fires(alert: str, quiet_at: str, firing_at: str, **labels: str) -> list[dic
 
 def _severity(alert: str) -> str:
     warnings = {"PersistenceSpoolFilling", "PersistenceLagHigh", "PersistenceSinkTransientErrors",
-                "PersistenceDeadLetters", "PersistenceBlobStoreErrors"}
+                "PersistenceDeadLetters", "PersistenceBlobStoreErrors", "PersistenceSessionStoreErrors"}
     return "warning" if alert in warnings else "critical"
 
 
@@ -147,6 +148,8 @@ def _rule_tests() -> list[dict[str, Any]]:
               _fires("PersistenceDeadLetters", "5m", "7m")),
         _case({("persistence_blob_store_errors_total", "commit"): "0x5 0+2x15"},
               _fires("PersistenceBlobStoreErrors", "5m", "12m")),
+        _case({("persistence_session_store_errors_total", "touch"): "0x5 0+2x15"},
+              _fires("PersistenceSessionStoreErrors", "5m", "12m")),
         # The counter's series appears with its first dead letter: the table's size catches it.
         _case({("persistence_dead_lettered_total", "any"): "_x5 1x15", ("persistence_dead_letters", ""): "0x5 1x15"},
               _fires("PersistenceDeadLetters", "5m", "7m")),

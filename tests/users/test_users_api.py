@@ -194,7 +194,7 @@ def test_session_bodies_are_checked(users_service: Service) -> None:
     http = users_service.http
     ann = new_user(users_service, "ann")
     for body, field in (({"user_id": ann["user_id"], "ttl_seconds": 10}, "ttl_seconds"),
-                        ({"user_id": ann["user_id"], "ttl_seconds": 600, "idle_seconds": 3600}, "idle_seconds"),
+                        ({"user_id": ann["user_id"], "idle_seconds": 30}, "idle_seconds"),
                         ({"user_id": ann["user_id"], "data": "text"}, "data"),
                         ({"user_id": ann["user_id"], "data": {"x": "y" * 20_000}}, "data"),
                         ({}, "user_id")):
