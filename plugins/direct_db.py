@@ -247,3 +247,20 @@ class DirectDatabase:
                 self._idle.get_nowait().close()
             except queue.Empty:
                 return
+
+
+class DirectTables:
+    """Base of an area's tables (file catalog, user directory): the database
+    they live in and what every area does with it alike."""
+
+    def __init__(self, db: DirectDatabase) -> None:
+        self._db = db
+
+    def migrate(self) -> None:
+        self._db.migrate()
+
+    def ping(self) -> bool:
+        return self._db.ping()
+
+    def close(self) -> None:
+        self._db.close()

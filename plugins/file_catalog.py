@@ -28,7 +28,7 @@ import msgspec
 
 from core.settings import SinkSettings
 from plugins import SinkError
-from plugins.direct_db import Cursor, DirectDatabase, Execute, Mysql
+from plugins.direct_db import Cursor, DirectDatabase, DirectTables, Execute, Mysql
 
 COLUMNS = ("file_id", "filename", "content_type", "size", "sha256", "session_id", "owner_id", "tags",
            "created_at")
@@ -132,9 +132,9 @@ def _row(values: Sequence[Any]) -> FileRow:
                    _TAGS.decode(values[7]), values[8])
 
 
-class FileCatalog:
+class FileCatalog(DirectTables):
     def __init__(self, db: DirectDatabase) -> None:
-        self._db = db
+        super().__init__(db)
         self._write = db.write
         self._read = db.read
         self._lock = db.lock
@@ -146,15 +146,6 @@ class FileCatalog:
     @classmethod
     def open(cls, settings: SinkSettings) -> FileCatalog:
         return cls(DirectDatabase(settings, MYSQL_SCHEMA, SQLITE_SCHEMA, CatalogError, "file catalog"))
-
-    def migrate(self) -> None:
-        self._db.migrate()
-
-    def ping(self) -> bool:
-        return self._db.ping()
-
-    def close(self) -> None:
-        self._db.close()
 
     # -- uploads -----------------------------------------------------------
 

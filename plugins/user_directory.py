@@ -17,7 +17,7 @@ import msgspec
 
 from core.settings import SinkSettings
 from plugins import SinkError
-from plugins.direct_db import Cursor, DirectDatabase, Duplicate, Execute
+from plugins.direct_db import Cursor, DirectDatabase, DirectTables, Duplicate, Execute
 
 __all__ = ["Duplicate", "DirectoryError", "UserDirectory", "UserFilter", "UserRow"]
 
@@ -112,22 +112,10 @@ def is_email_key(duplicate: Duplicate) -> bool:
     return "email" in duplicate.key
 
 
-class UserDirectory:
-    def __init__(self, db: DirectDatabase) -> None:
-        self._db = db
-
+class UserDirectory(DirectTables):
     @classmethod
     def open(cls, settings: SinkSettings) -> UserDirectory:
         return cls(DirectDatabase(settings, MYSQL_SCHEMA, SQLITE_SCHEMA, DirectoryError, "user directory"))
-
-    def migrate(self) -> None:
-        self._db.migrate()
-
-    def ping(self) -> bool:
-        return self._db.ping()
-
-    def close(self) -> None:
-        self._db.close()
 
     # -- writes ------------------------------------------------------------
 
