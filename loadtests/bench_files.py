@@ -49,7 +49,7 @@ import httpx
 from boto3.s3.transfer import TransferConfig
 
 from loadtests.loadgen import RawHttp
-from loadtests.procstat import CpuWindow, proc_cpu_s, roles_of, wait_quiet
+from loadtests.procstat import CpuWindow, proc_cpu_s, roles_of, status_kib, wait_quiet
 from plugins.blobs.local import fsync_dir
 from testkit.procs import descendants
 from testkit.seaweed import SeaweedS3
@@ -111,16 +111,6 @@ def cpu_text(cpu_s: dict[str, float], wall_s: float) -> str:
         or "-"
 
 
-def _status_kib(pid: int, field_name: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (writing 5 to clear_refs); False when not allowed."""
     try:
@@ -155,7 +145,7 @@ class RssSampler:
         total = 0.0
         phase = self.phase
         for pid in [self.leader, *descendants(self.leader)]:
-            mib = _status_kib(pid, "VmRSS") / 1024
+            mib = status_kib(pid, "VmRSS") / 1024
             total += mib
             key = (phase, pid)
             self.per_pid[key] = max(self.per_pid.get(key, 0.0), mib)
@@ -410,7 +400,7 @@ def rss_phase(service: Service, http: httpx.Client, size: int, cpu: Cpu) -> RssR
     leader = service.proc.pid
     pids = [leader, *descendants(leader)]
     roles = role_names(leader)
-    idle = {pid: _status_kib(pid, "VmRSS") / 1024 for pid in pids}
+    idle = {pid: status_kib(pid, "VmRSS") / 1024 for pid in pids}
     resets = [reset_peak_rss(pid) for pid in pids]  # every one, so no all() short cut
     reset_ok = all(resets)
     sampler = RssSampler(leader)
@@ -452,7 +442,7 @@ def rss_phase(service: Service, http: httpx.Client, size: int, cpu: Cpu) -> RssR
     up_cpu = {r: middle[r] - before[r] for r in before}
     down_cpu = {r: after[r] - middle[r] for r in middle}
     return RssResult(size, up_s, down_s, roles, idle, sampler.by_phase(),
-                     sampler.tree, {pid: _status_kib(pid, "VmHWM") / 1024 for pid in pids}, reset_ok,
+                     sampler.tree, {pid: status_kib(pid, "VmHWM") / 1024 for pid in pids}, reset_ok,
                      sampler.samples, cpu_text(up_cpu, up_s), cpu_text(down_cpu, down_s))
 
 

@@ -52,7 +52,7 @@ from typing import Any
 import msgspec
 
 from loadtests.loadgen import RawHttp
-from loadtests.procstat import CpuWindow, roles_of, wait_quiet
+from loadtests.procstat import CpuWindow, roles_of, status_kib, wait_quiet
 from testkit.procs import descendants
 from testkit.service import Service
 
@@ -293,16 +293,6 @@ def cache_counters(service: Service) -> dict[str, float]:
     return out
 
 
-def vm_kib(pid: int, name: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def groups_of(service: Service) -> dict[str, list[int]]:
     assert service.proc is not None
     return roles_of(service.proc.pid)
@@ -378,7 +368,7 @@ def read_and_auth_phases(args: argparse.Namespace, service: Service, users: list
     for port, label in ((service.ingest_port, "8001 relay"), (service.query_port, "8002 query")):
         r = run_load(f"authenticate {label} closed {args.auth_connections} conns",
                      Load(port, logins, args.auth_connections, args.seconds), args.procs, groups)
-        r.extra = {"hwm_kib": {pid: vm_kib(pid, "VmHWM") for pid in groups.get("query worker", [])}}
+        r.extra = {"hwm_kib": {pid: status_kib(pid, "VmHWM") for pid in groups.get("query worker", [])}}
         results.append(r)
         show(r)
     return results

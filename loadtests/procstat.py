@@ -31,6 +31,17 @@ def _stat(pid: int | str) -> tuple[str, list[str]] | None:
     return text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 1:].split()
 
 
+def status_kib(pid: int, field_name: str) -> int:
+    """A KiB figure of /proc/<pid>/status (VmRSS, VmHWM); 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def proc_cpu_s(pid: int) -> float:
     stat = _stat(pid)
     return (int(stat[1][11]) + int(stat[1][12])) / CLK_TCK if stat else 0.0
