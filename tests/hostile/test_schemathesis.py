@@ -202,7 +202,9 @@ def _only_empty_query_invalid(case: schemathesis.Case, response: schemathesis.Re
 def _not_a_form(case: schemathesis.Case, response: schemathesis.Response) -> bool:
     """DOC: an upload's body is declared as any bytes (*/*) or a form; the generator may send
     non-form bytes (a JSON list) labelled multipart/form-data, which no parser can read: 400."""
-    if response.status_code != 400 or not (case.media_type or "").startswith("multipart/form-data"):
+    # The header as sent: the case's media_type may be the */* entry the body was generated for.
+    sent_type = response.request.headers.get("Content-Type") or case.media_type or ""
+    if response.status_code != 400 or not sent_type.startswith("multipart/form-data"):
         return False
     try:
         code = response.json().get("error_code")
