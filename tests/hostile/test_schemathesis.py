@@ -203,7 +203,8 @@ def _not_a_form(case: schemathesis.Case, response: schemathesis.Response) -> boo
     """DOC: an upload's body is declared as any bytes (*/*) or a form; the generator may send
     non-form bytes (a JSON list) labelled multipart/form-data, which no parser can read: 400."""
     # The header as sent: the case's media_type may be the */* entry the body was generated for.
-    sent_type = response.request.headers.get("Content-Type") or case.media_type or ""
+    header = response.request.headers.get("Content-Type") or case.media_type or ""
+    sent_type = header.decode("latin-1") if isinstance(header, bytes) else str(header)
     if response.status_code != 400 or not sent_type.startswith("multipart/form-data"):
         return False
     try:
