@@ -82,6 +82,10 @@ class ApiKeyAuth:
             return
         refusal = self._refusal(scope, needed)
         if refusal is not None:
+            trail = (scope.get("state") or {}).get("audit_trail")
+            if trail is not None and refusal.status_code in (401, 403):  # a missing or wrong key (audit log)
+                trail.refused(scope, refusal.status_code, "no valid API key" if refusal.status_code == 401
+                              else f"the API key lacks the {needed!r} scope")
             # The body was not read: the connection cannot carry another request.
             refusal.headers["connection"] = "close"
             await refusal(scope, receive, send)
@@ -93,6 +97,7 @@ class ApiKeyAuth:
         if key is None:
             return error_response(401, "A valid API key is required (X-API-Key or Authorization: Bearer).",
                                   "UNAUTHORIZED", headers={"WWW-Authenticate": "Bearer"})
+        scope.setdefault("state", {})["api_key"] = key.name  # the actor of the audit events this request causes
         if needed not in key.scopes:
             logger.info("key %r lacks scope %s for %s %s", key.name, needed, scope["method"], scope["path"])
             return error_response(403, f"This API key lacks the {needed!r} scope.", "FORBIDDEN")

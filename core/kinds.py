@@ -16,7 +16,8 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
-from core.records import KIND_SESSIONS, KIND_TASKS, Session, SessionBatch, Task, TaskBatch
+from core.audit_records import AuditEvent, AuditEventBatch, complete
+from core.records import KIND_AUDIT_EVENTS, KIND_SESSIONS, KIND_TASKS, Session, SessionBatch, Task, TaskBatch
 from core.times import to_us
 
 
@@ -30,8 +31,12 @@ class RecordKind:
     key_field: str  # the record's primary key
     path: str  # POST path of its batches
     # "upsert": per key the highest version wins (updated_at when sent, else the
-    # acceptance time). "append": stored once per key, never changed (idempotency key).
+    # acceptance time). "append": stored once per key, never changed (idempotency key):
+    # of two writes of one key the first in spool order is kept.
     write: Literal["upsert", "append"] = "upsert"
+    # What ingest fills in before spooling (an append kind's missing keys): the
+    # answer then lists every record's key, in batch order.
+    complete: Callable[[Sequence[Any], int], None] | None = None
     # A record naming a parent (a task its session) is held until the parent is stored.
     parent_field: str | None = None
     parent_kind: str | None = None
@@ -74,8 +79,10 @@ SESSIONS = RecordKind("session", KIND_SESSIONS, Session, SessionBatch, "sessions
                       "/api/v1/translation/sessions/batch")
 TASKS = RecordKind("task", KIND_TASKS, Task, TaskBatch, "tasks", "task_id", "/api/v1/translation/tasks/batch",
                    parent_field="session_id", parent_kind="session")
+AUDIT_EVENTS = RecordKind("audit_event", KIND_AUDIT_EVENTS, AuditEvent, AuditEventBatch, "events", "event_id",
+                          "/api/v1/audit/events/batch", write="append", complete=complete)
 
 # Every kind, in the order a drain writes them (a parent before its children).
-KINDS: tuple[RecordKind, ...] = (SESSIONS, TASKS)
+KINDS: tuple[RecordKind, ...] = (SESSIONS, TASKS, AUDIT_EVENTS)
 BY_ENTRY_KIND: dict[int, RecordKind] = {kind.entry_kind: kind for kind in KINDS}
 BY_NAME: dict[str, RecordKind] = {kind.name: kind for kind in KINDS}

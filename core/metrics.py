@@ -55,6 +55,16 @@ USER_CACHE = Counter("persistence_user_cache_total", "User cache lookups by resu
 REDIS_ERRORS = Counter("persistence_redis_errors_total", "Failed calls to Redis by use.", ["use"])
 SESSION_STORE_ERRORS = Counter("persistence_session_store_errors_total", "Session store failures by operation.",
                                ["operation"])
+AUDIT_EVENTS_DROPPED = Counter("persistence_audit_events_dropped_total",
+                               "The service's own audit events not recorded (refusals over audit.refusals_per_s, "
+                               "or the spool refused them).")
+AUDIT_SEARCH_SECONDS = Histogram("persistence_audit_search_seconds", "Audit event lists and searches by kind "
+                                 "(filter: no q; text: with q).", ["kind"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10))
+AUDIT_EVENTS_STORED = Gauge("persistence_audit_events_stored", "Audit events in the sink (the chain's length).",
+                            multiprocess_mode="mostrecent")
+AUDIT_INDEX_BYTES = Gauge("persistence_audit_index_bytes", "Size of the audit search index.",
+                          multiprocess_mode="mostrecent")
 PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by role.", ["role"],
                    multiprocess_mode="livesum")
 

@@ -247,6 +247,16 @@ class CleanupResult(Struct, tag_field="status", tag="completed"):
     dry_run: bool
 
 
+class AuditRetentionCommand(Struct):
+    """Delete audit events that occurred more than `days` before the command
+    was accepted, in the order they were stored (the hash chain's order)."""
+    days: Annotated[float, Meta(ge=0)]
+
+
+class AuditRetained(Struct, tag_field="status", tag="retained"):
+    deleted_events: int
+
+
 class CommandNotFound(Struct, tag_field="status", tag="not_found"):
     session_id: str
 
@@ -262,7 +272,8 @@ class CommandFailed(Struct, tag_field="status", tag="failed"):
     seq: int
 
 
-CommandResult = Deleted | StatusUpdated | CleanupResult | CommandNotFound | Superseded | CommandFailed
+CommandResult = (Deleted | StatusUpdated | CleanupResult | AuditRetained | CommandNotFound | Superseded
+                 | CommandFailed)
 
 
 # Spool entry kinds (stored as integers; append only, never renumber).
@@ -272,8 +283,11 @@ KIND_TASKS = 2
 KIND_DELETE_SESSION = 3
 KIND_SET_SESSION_STATUS = 4
 KIND_CLEANUP = 5
+KIND_AUDIT_EVENTS = 6
+KIND_AUDIT_RETENTION = 7  # a command: delete events past audit.retention_days, oldest stored first
 COMMAND_TYPES: dict[int, type[Struct]] = {
-    KIND_DELETE_SESSION: DeleteSession, KIND_SET_SESSION_STATUS: SetSessionStatus, KIND_CLEANUP: CleanupCommand}
+    KIND_DELETE_SESSION: DeleteSession, KIND_SET_SESSION_STATUS: SetSessionStatus, KIND_CLEANUP: CleanupCommand,
+    KIND_AUDIT_RETENTION: AuditRetentionCommand}
 
 JSON_ENCODER = msgspec.json.Encoder()
 

@@ -140,6 +140,17 @@ class AuthSettings(Struct, frozen=True, forbid_unknown_fields=True):
         return bool(self.keys)
 
 
+class AuditSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    # Events that occurred longer ago are deleted, oldest stored first, every retention.interval; 0 = keep all.
+    retention_days: Annotated[float, Meta(ge=0)] = 365.0
+    # The service's own events (management writes, users, logins, files, refused API keys).
+    record_service_events: bool = True
+    # Refused requests (a missing or wrong API key) recorded per second and process, at most: an
+    # unauthenticated client must not be able to fill the spool. Those over the limit are counted
+    # (persistence_audit_events_dropped_total), not recorded.
+    refusals_per_s: Annotated[float, Meta(ge=0)] = 50.0
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     service: ServiceSettings = ServiceSettings()
     ingest: IngestSettings = IngestSettings()
@@ -152,6 +163,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     users: UsersSettings = UsersSettings()
     user_sessions: UserSessionsSettings = UserSessionsSettings()
     cache: CacheSettings = CacheSettings()
+    audit: AuditSettings = AuditSettings()
     auth: AuthSettings = AuthSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""

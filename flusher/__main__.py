@@ -44,7 +44,8 @@ def main() -> None:
     metrics.mark_up("flusher")
     try:
         _migrate_until_up(sink, spool, stop)
-        Flusher(spool, sink, settings.flush, settings.retention).run(stop, settings.service.shutdown_grace)
+        Flusher(spool, sink, settings.flush, settings.retention, settings.audit.retention_days).run(
+            stop, settings.service.shutdown_grace)
     finally:
         sink.close()
         spool.close()

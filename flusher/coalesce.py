@@ -44,7 +44,8 @@ class Coalesced(Struct):
 
 
 def coalesce(entries: list[SpoolEntry]) -> Coalesced:
-    """Per kind and key, keep the record with the highest (version, seq)."""
+    """Per kind and key, keep the record with the highest (version, seq); of
+    an append kind's, the first in spool (and batch) order."""
     out = Coalesced({}, [])
     for entry in entries:
         kind = BY_ENTRY_KIND.get(entry.kind)
@@ -62,6 +63,10 @@ def coalesce(entries: list[SpoolEntry]) -> Coalesced:
             out.bad.append(BadEntry(entry, f"undecodable spool entry: {exc}"))
             continue
         target = out.of(kind)
+        if kind.write == "append":
+            for record in records:
+                target.setdefault(kind.key(record), Item(kind.key(record), 0, entry.seq, entry.received_at_us, record))
+            continue
         for record in records:
             merge(target, Item(kind.key(record), kind.version(record, entry.received_at_us), entry.seq,
                                entry.received_at_us, record))

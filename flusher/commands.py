@@ -1,5 +1,5 @@
 """Commands that travel through the spool (delete a session, set its status,
-clean up old sessions). The flusher applies each one alone, after every write
+clean up old sessions, delete old audit events). The flusher applies each one alone, after every write
 acknowledged before it and before every write after it, so a write still in
 the spool can never resurrect a deleted session."""
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from core.records import (COMMAND_TYPES, JSON_ENCODER, MIN_TIME_US, CleanupCommand, CleanupResult, CommandFailed,
-                          CommandNotFound, CommandResult, Deleted, DeleteSession, SetSessionStatus, SpoolEntry,
-                          StatusUpdated, Superseded)
+from core.records import (COMMAND_TYPES, JSON_ENCODER, MIN_TIME_US, AuditRetained, AuditRetentionCommand,
+                          CleanupCommand, CleanupResult, CommandFailed, CommandNotFound, CommandResult, Deleted,
+                          DeleteSession, SetSessionStatus, SpoolEntry, StatusUpdated, Superseded)
 from core.times import db_text
 from plugins import Sink
 
@@ -37,14 +37,20 @@ def apply_command(entry: SpoolEntry, sink: Sink) -> Applied:
         if not change.applied:  # a write with a newer version reached the database first
             return Applied(Superseded(command.session_id, command.status, change.status))
         return Applied(StatusUpdated(command.session_id, command.status))
+    if isinstance(command, AuditRetentionCommand):
+        return Applied(AuditRetained(sink.retain_audit_events(_before(entry.received_at_us, command.days))))
     assert isinstance(command, CleanupCommand)
     return Applied(cleanup(sink, command, entry.received_at_us))
 
 
+def _before(now_us: int, days: float) -> str:
+    """The time `days` before now_us; more days than there have been since year 1: everything is older."""
+    return db_text(max(now_us - int(days * DAY_US), MIN_TIME_US))
+
+
 def cleanup(sink: Sink, command: CleanupCommand, now_us: int) -> CleanupResult:
-    def before(days: float) -> str:  # more days than there have been since year 1: everything is older
-        return db_text(max(now_us - int(days * DAY_US), MIN_TIME_US))
-    sessions, tasks = sink.cleanup(before(command.completed_days), before(command.failed_days), command.dry_run)
+    sessions, tasks = sink.cleanup(_before(now_us, command.completed_days), _before(now_us, command.failed_days),
+                                   command.dry_run)
     return CleanupResult(sessions, tasks, command.dry_run)
 
 

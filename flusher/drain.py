@@ -123,7 +123,8 @@ class Drainer:
         groups: list[Group] = []
         orphans: list[Item] = []
         for kind in KINDS:  # parents first, so a child finds its parent in this very batch
-            items = sorted(batch.of(kind).values(), key=_key)
+            # Upserts in key order (locks taken in one order); appends in spool order (the chain's order).
+            items = list(batch.of(kind).values()) if kind.write == "append" else sorted(batch.of(kind).values(), key=_key)
             if kind.parent_field:
                 items, waiting = self._separate_orphans(kind, items, batch)
                 orphans.extend(waiting)
@@ -145,6 +146,7 @@ class Drainer:
         change = DrainCommit(
             through_seq=entries[-1].seq if entries else 0,
             sessions_written=written.get("session", 0), tasks_written=written.get("task", 0),
+            events_written=written.get("audit_event", 0),
             hold=hold, release=release, dead=dead, drain_rate=self._rate or None)
         self._spool.commit_drain(change)
         return DrainReport(written, _dead_by_kind(dead), len(rejected))

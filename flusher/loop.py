@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 
-from core.records import JSON_ENCODER, KIND_CLEANUP, CleanupCommand
+from core.records import JSON_ENCODER, KIND_AUDIT_RETENTION, KIND_CLEANUP, AuditRetentionCommand, CleanupCommand
 from core.settings import FlushSettings, RetentionSettings
 from core.times import now_us
 from core import metrics
@@ -35,9 +35,10 @@ PING_EVERY_S = 5.0
 
 class Flusher:
     def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings,
-                 retention: RetentionSettings | None = None) -> None:
+                 retention: RetentionSettings | None = None, audit_retention_days: float = 0.0) -> None:
         self._spool = spool
         self._retention = retention
+        self._audit_retention_days = audit_retention_days
         self._last_retention = time.monotonic()
         self._sink = sink
         self._settings = settings
@@ -124,8 +125,12 @@ class Flusher:
         # Through the spool like a client's cleanup, so it is ordered after every acknowledged write.
         assert self._retention is not None
         command = CleanupCommand(self._retention.completed_days, self._retention.failed_days)
-        (result,) = self._spool.append_many([Append(KIND_CLEANUP, JSON_ENCODER.encode(command), 1)])
-        logger.info("scheduled retention cleanup: %s", result)
+        commands = [Append(KIND_CLEANUP, JSON_ENCODER.encode(command), 1)]
+        if self._audit_retention_days:
+            audit = AuditRetentionCommand(self._audit_retention_days)
+            commands.append(Append(KIND_AUDIT_RETENTION, JSON_ENCODER.encode(audit), 1))
+        results = self._spool.append_many(commands)
+        logger.info("scheduled retention cleanup: %s", results)
 
     def _ping_sink(self) -> bool:
         healthy = self._sink.ping()

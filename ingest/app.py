@@ -22,6 +22,7 @@ from ingest.errors import EXCEPTION_HANDLERS
 from ingest.proxy import Port8001, QueryProxy
 from ingest.writer import SpoolWriter
 from wal import Spool
+from wal.audit_trail import AuditTrail
 
 
 class State(TypedDict):
@@ -33,6 +34,7 @@ class State(TypedDict):
     started_us: int
     stall_after: float
     spool_path: str
+    audit_trail: AuditTrail
 
 
 ROUTES = [
@@ -53,12 +55,16 @@ def create_app(settings: Settings | None = None) -> Port8001:
         writer = SpoolWriter(settings.spool)
         writer.start()
         spool = Spool.open(settings.spool)
+        trail = AuditTrail(settings.spool, settings.audit)
+        trail.start()
         try:
             yield State(writer=writer, spool=spool, max_body_bytes=settings.ingest.max_body_bytes,
                         body_timeout=settings.ingest.body_timeout,
                         flush_timeout=settings.ingest.flush_timeout, started_us=now_us(),
-                        stall_after=settings.flush.stall_after, spool_path=settings.spool.path)
+                        stall_after=settings.flush.stall_after, spool_path=settings.spool.path,
+                        audit_trail=trail)
         finally:
+            trail.stop()
             writer.stop()
             spool.close()
 

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core import VERSION
+from core.audit_records import EventsAccepted
 from core.http import json_response, read_body
 from core.metrics import RECORDS_ACCEPTED
 from core.kinds import RecordKind
@@ -27,9 +28,16 @@ def batch_endpoint(kind: RecordKind) -> Callable[[Request], Awaitable[Response]]
     async def accept(request: Request) -> Response:
         body = await read_body(request, request.state.max_body_bytes, request.state.body_timeout)
         count = validate_batch(kind, body)
+        if kind.complete is not None:  # fill in missing keys (and defaults) before spooling: a replay stores the same
+            records = kind.decode(body)
+            kind.complete(records, now_us())
+            body = kind.encode_batch(records)
+            answer: Accepted | EventsAccepted = EventsAccepted("accepted", count, [kind.key(r) for r in records])
+        else:
+            answer = Accepted("accepted", count, iso_z(now_us()))
         await request.state.writer.append(Append(kind.entry_kind, body, count))
         RECORDS_ACCEPTED.labels(kind.name).inc(count)
-        return json_response(Accepted("accepted", count, iso_z(now_us())), 202)
+        return json_response(answer, 202)
     accept.__name__ = f"post_{kind.batch_field}"
     return accept
 

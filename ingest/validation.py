@@ -80,6 +80,9 @@ def _check_item(item: Any, item_type: type[Struct], path: str) -> list[FieldErro
     if not isinstance(item, dict):
         return [FieldError(path, "must be an object")]
     errors = []
+    if item_type.__struct_config__.forbid_unknown_fields:
+        known = set(item_type.__struct_fields__)
+        errors.extend(FieldError(f"{path}.{name}", "is not a field of this record") for name in item if name not in known)
     for field in msgspec.structs.fields(item_type):
         where = f"{path}.{field.name}"
         if field.name not in item:

@@ -69,6 +69,11 @@ class Sink(Protocol):
         ones updated before failed_before, with their tasks, in bounded
         transactions; (sessions, tasks) deleted, or that would be with dry_run."""
 
+    def retain_audit_events(self, before: str) -> int:
+        """Delete audit events that occurred before `before` (storage text),
+        oldest stored first, stopping at the first younger one (the chain
+        keeps its start), in bounded transactions; how many were deleted."""
+
     def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
         """The subset of keys that are stored in table."""
 

@@ -171,7 +171,8 @@ class DirectDatabase:
     unique-key refusal becomes Duplicate; nothing of a failed write stays."""
 
     def __init__(self, settings: SinkSettings, mysql_schema: Sequence[str], sqlite_schema: str,
-                 error: type[SinkError], what: str) -> None:
+                 error: type[SinkError], what: str, on_connect: Callable[[Any], None] | None = None) -> None:
+        self._on_connect = on_connect  # e.g. SQL functions a reader calls
         self.dialect: Dialect = Mysql(settings) if urlsplit(settings.url).scheme == "mysql" else Sqlite(settings)
         self._schemas = (mysql_schema, sqlite_schema)
         self._error = error
@@ -209,6 +210,8 @@ class DirectDatabase:
     def _connect(self) -> Any:
         try:
             conn = self.dialect.connect()
+            if self._on_connect is not None:
+                self._on_connect(conn)
             if not self._migrated:
                 self.dialect.migrate(conn, *self._schemas)
                 self._migrated = True

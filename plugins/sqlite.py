@@ -9,7 +9,8 @@ from pathlib import Path
 
 from core.settings import SinkSettings
 from plugins import RejectedRows, StatusChange, TransientSinkError
-from plugins.tables import TABLES, Table, TableRows
+from plugins.audit import sqlite as audit
+from plugins.tables import UPSERT_TABLES, Table, TableRows
 
 def _schema(table: Table) -> str:
     indexes = [*table.sqlite_indexes, *(f"{i.name} ({i.sqlite_columns})" for i in table.read_indexes)]
@@ -18,7 +19,7 @@ def _schema(table: Table) -> str:
                       for i in indexes)])
 
 
-SCHEMA = "".join(_schema(table) for table in TABLES)
+SCHEMA = "".join(_schema(table) for table in UPSERT_TABLES) + audit.SCHEMA
 
 
 def _upsert(table: str, columns: Sequence[str]) -> str:
@@ -34,7 +35,7 @@ def _upsert(table: str, columns: Sequence[str]) -> str:
 
 CLEANUP_CHUNK = 100  # sessions per cleanup transaction
 
-UPSERTS = {table.name: _upsert(table.name, table.columns) for table in TABLES}
+UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
 
 
 class SqliteSink:
@@ -56,10 +57,15 @@ class SqliteSink:
         self._conn.executescript(SCHEMA)
 
     def write(self, batch: Sequence[TableRows]) -> None:
-        """One transaction, table by table; per key the highest updated_at wins."""
+        """One transaction, table by table; per key the highest updated_at wins
+        (an append-only table: the first write of a key)."""
         with self._transaction() as conn:
             for part in batch:
-                if part.rows:
+                if not part.rows:
+                    continue
+                if part.table.kind.write == "append":
+                    audit.append_events(conn, part.rows)
+                else:
                     conn.executemany(UPSERTS[part.table.name], part.rows)
 
     def delete_session(self, session_id: str) -> int | None:
@@ -100,6 +106,15 @@ class SqliteSink:
                 sessions += conn.execute(f"DELETE FROM translation_sessions WHERE session_id IN ({marks})",
                                          chunk).rowcount
         return sessions, tasks
+
+    def retain_audit_events(self, before: str) -> int:
+        deleted = 0
+        while True:
+            with self._transaction() as conn:
+                done = audit.retain_chunk(conn, before)
+            deleted += done
+            if not done:
+                return deleted
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

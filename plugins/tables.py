@@ -18,7 +18,8 @@ from typing import Any
 
 from msgspec import Struct
 
-from core.kinds import SESSIONS, TASKS, RecordKind
+from core.audit_records import AuditEvent
+from core.kinds import AUDIT_EVENTS, SESSIONS, TASKS, RecordKind
 from core.records import JSON_ENCODER, JsonObject, Session, Task
 from core.times import db_text, to_us
 
@@ -159,12 +160,28 @@ TASK_TABLE = Table(
                             "session_id, created_at, task_id")),
 )
 
+
+
+def event_row(e: AuditEvent, version: int, accepted_us: int) -> Row:
+    """The event as accepted (plugins/audit/chain.py EVENT_ROW); the sink gives it its place in the chain."""
+    assert e.occurred_at is not None  # ingest filled it in
+    return (e.event_id, to_us(e.occurred_at), e.actor_id, e.actor_type, e.action, e.resource_type, e.resource_id,
+            e.outcome, e.ip, e.user_agent, e.request_id, e.message, _json_or_none(e.details), accepted_us)
+
+
+# Append-only and hash-chained: each sink writes it through plugins/audit/ (its
+# own schema there, with the chain head and the search index), not the upsert.
+AUDIT_TABLE = Table(
+    kind=AUDIT_EVENTS, name="audit_events",
+    columns=("event_id", "occurred_us", "actor_id", "actor_type", "action", "resource_type", "resource_id",
+             "outcome", "ip", "user_agent", "request_id", "message", "details", "stored_us"),
+    to_row=event_row, mysql_columns="(plugins/audit/mysql.py)", sqlite_columns="(plugins/audit/sqlite.py)",
+)
+
 # Every table, in the order a drain writes them (a parent before its children).
-TABLES: tuple[Table, ...] = (SESSION_TABLE, TASK_TABLE)
-# Both sinks write every table with the versioned upsert. An append-only kind
-# (write="append", stored once per idempotency key) needs an insert-if-absent
-# statement in each sink first (docs/ARCHITECTURE.md, "Adding the next kind").
-assert all(table.kind.write == "upsert" for table in TABLES), "append-only tables are not written by the sinks yet"
+TABLES: tuple[Table, ...] = (SESSION_TABLE, TASK_TABLE, AUDIT_TABLE)
+# The tables written by the versioned upsert; the others are append-only (plugins/audit/).
+UPSERT_TABLES: tuple[Table, ...] = tuple(table for table in TABLES if table.kind.write == "upsert")
 TABLE_OF: dict[str, Table] = {table.kind.name: table for table in TABLES}
 
 

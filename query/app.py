@@ -27,12 +27,16 @@ from core.settings import Settings, SinkSettings, load_settings
 from core.times import now_us
 from plugins import SinkError, open_sink
 from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
+from audit import routes as audit_routes
+from audit.housekeeping import housekeeping as audit_housekeeping
 from files import routes as file_routes
 from files.housekeeping import housekeeping
 from files.service import FileService, StoreUnavailable
 from users import routes as user_routes
 from users.housekeeping import housekeeping as user_housekeeping
 from users.service import UserService
+from plugins.audit import open_audit_log
+from plugins.audit.store import AuditLog, AuditUnavailable
 from plugins.blobs import open_blob_store
 from plugins.file_catalog import CatalogError, FileCatalog
 from query import routes
@@ -42,6 +46,7 @@ from query.read_threads import ReadThreads
 from query.stats_cache import StatsCache
 from query.system import system_routes
 from wal import Spool, SpoolError
+from wal.audit_trail import AuditTrail
 from core.health import health_report, stores_health
 
 logger = logging.getLogger(__name__)
@@ -59,6 +64,8 @@ class State(TypedDict):
     counts: CountCache
     files: FileService
     users: UserService
+    audit_log: AuditLog
+    audit_trail: AuditTrail
     spool_path: str
 
 
@@ -75,6 +82,7 @@ async def _unavailable(request: Request, exc: Exception) -> Response:
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {**COMMON_HANDLERS, ReadError: _unavailable, CatalogError: _unavailable,
+                                      AuditUnavailable: _unavailable,
                                       SpoolError: unavailable, StoreUnavailable: file_routes.store_unavailable,
                                       **user_routes.EXCEPTION_HANDLERS}
 
@@ -130,11 +138,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
         users = UserService(settings)
         keeping_users = asyncio.create_task(user_housekeeping(users, settings.spool.path,
                                                               settings.user_sessions.sweep_interval))
+        audit_log = open_audit_log(sink_settings)
+        keeping_audit = asyncio.create_task(audit_housekeeping(audit_log, threads))
+        trail = AuditTrail(settings.spool, settings.audit)
+        trail.start()
         try:
             yield State(spool=spool, started_us=now_us(), stall_after=settings.flush.stall_after, reader=reader,
                         read_threads=threads, stats_cache=StatsCache(settings.query.stats_cache),
-                        counts=CountCache(), files=files, users=users, spool_path=settings.spool.path)
+                        counts=CountCache(), files=files, users=users, audit_log=audit_log, audit_trail=trail,
+                        spool_path=settings.spool.path)
         finally:
+            trail.stop()
+            keeping_audit.cancel()
+            audit_log.close()
             keeping_users.cancel()
             users.close()
             keeping.cancel()
@@ -145,7 +161,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             spool.close()
 
     metrics.mark_up("query")
-    all_routes = ROUTES + file_routes.ROUTES + user_routes.ROUTES + metrics.METRICS_ROUTES + management_routes(settings) + system_routes(settings)
+    all_routes = (ROUTES + file_routes.ROUTES + user_routes.ROUTES + audit_routes.ROUTES + metrics.METRICS_ROUTES
+                  + management_routes(settings) + system_routes(settings))
     return Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                      middleware=[Middleware(RequestContext, role="query", is_access_log=settings.service.access_log),
                                  Middleware(ApiKeyAuth, settings=settings.auth, routes=all_routes)])

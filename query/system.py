@@ -24,7 +24,8 @@ from core.auth import ScopedRoute
 from core.errors import BodyNotJson, FieldError, Invalid
 from core.http import field_error, json_response, read_body
 from core.kinds import KINDS
-from core.records import JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS
+from core.records import (JSON_ENCODER, KIND_AUDIT_RETENTION, KIND_CLEANUP, KIND_DELETE_SESSION,
+                          KIND_SET_SESSION_STATUS)
 from core.redact import redact
 from core.settings import Settings, SpoolSettings
 from core.times import iso_z
@@ -47,7 +48,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_BODY_BYTES = 1024 * 1024  # a selection of ids; 100k ids fit
 _KIND_NAMES = {**{kind.entry_kind: kind.name for kind in KINDS}, KIND_DELETE_SESSION: "delete_session",
-               KIND_SET_SESSION_STATUS: "set_session_status", KIND_CLEANUP: "cleanup"}
+               KIND_SET_SESSION_STATUS: "set_session_status", KIND_CLEANUP: "cleanup",
+               KIND_AUDIT_RETENTION: "audit_retention"}
 _SELECTION = msgspec.json.Decoder(DeadLetterSelection)
 _CHOOSE = 'send either {"ids": [...]} with at least one id, or {"all": true}'
 

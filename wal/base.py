@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 
-from core.records import KIND_SESSIONS, KIND_TASKS
+from core.records import KIND_AUDIT_EVENTS, KIND_SESSIONS, KIND_TASKS
 from core.settings import SpoolSettings
 from wal.types import Append, SpoolBusy, SpoolError, SpoolFull
 
@@ -67,7 +67,7 @@ class SpoolBase:
         their seqs."""
         # The spool counts waiting records per kind in state columns (FORMAT.md): a
         # new kind of record needs its column there too.
-        seqs, added = [], {KIND_SESSIONS: 0, KIND_TASKS: 0}
+        seqs, added = [], {KIND_SESSIONS: 0, KIND_TASKS: 0, KIND_AUDIT_EVENTS: 0}
         for received_at_us, item in rows:
             cur = conn.execute("INSERT INTO entries (kind, received_at_us, record_count, payload) VALUES (?, ?, ?, ?)",
                                (item.kind, received_at_us, item.record_count, item.payload))
@@ -78,9 +78,9 @@ class SpoolBase:
         if rows:
             conn.execute(
                 "UPDATE state SET clock_us = max(clock_us, ?), live_bytes = live_bytes + ?,"
-                " live_sessions = live_sessions + ?, live_tasks = live_tasks + ?",
+                " live_sessions = live_sessions + ?, live_tasks = live_tasks + ?, live_events = live_events + ?",
                 (max(r for r, _ in rows), sum(len(a.payload) for _, a in rows), added[KIND_SESSIONS],
-                 added[KIND_TASKS]))
+                 added[KIND_TASKS], added[KIND_AUDIT_EVENTS]))
         return seqs
 
     def _write(self, sql: str, params: tuple) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 SCHEMA_V1 = """
 CREATE TABLE entries (
@@ -71,7 +71,12 @@ ALTER TABLE held ADD COLUMN held_at_clock_us INTEGER NOT NULL DEFAULT 0;   -- he
 MIGRATE_TO_V3 = """
 ALTER TABLE state ADD COLUMN drain_rate REAL NOT NULL DEFAULT 0;  -- rows/s while busy (moving average); 0 = not measured
 """
-MIGRATIONS = {2: MIGRATE_TO_V2, 3: MIGRATE_TO_V3}
+# Format 4: audit events are a third kind of record waiting in the spool.
+MIGRATE_TO_V4 = """
+ALTER TABLE state ADD COLUMN live_events INTEGER NOT NULL DEFAULT 0;     -- audit events waiting
+ALTER TABLE state ADD COLUMN events_written INTEGER NOT NULL DEFAULT 0;  -- total since the spool was created
+"""
+MIGRATIONS = {2: MIGRATE_TO_V2, 3: MIGRATE_TO_V3, 4: MIGRATE_TO_V4}
 
 
 # The flusher checkpoints after each trim (Spool.checkpoint); a commit checkpoints by

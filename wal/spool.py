@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.records import COMMAND_TYPES, KIND_SESSIONS, KIND_TASKS, SpoolEntry
+from core.records import COMMAND_TYPES, KIND_AUDIT_EVENTS, KIND_SESSIONS, KIND_TASKS, SpoolEntry
 from core.settings import SpoolSettings
 from core.times import now_us
 from wal import schema
@@ -79,7 +79,7 @@ class Spool(SpoolStatus, DeadLetterTable):
     def _append_many(self, items: Sequence[Append]) -> list[int | SpoolError]:
         with self._transaction() as conn:
             clock, live_bytes, waiting, rate, sink_healthy, heartbeat = conn.execute(
-                "SELECT clock_us, live_bytes, live_sessions + live_tasks, drain_rate, sink_healthy, heartbeat_us"
+                "SELECT clock_us, live_bytes, live_sessions + live_tasks + live_events, drain_rate, sink_healthy, heartbeat_us"
                 " FROM state").fetchone()
             # Back-pressure by time: only with a measured rate, and not while the
             # database is down or the flusher silent (then the byte cap protects).
@@ -151,7 +151,7 @@ class Spool(SpoolStatus, DeadLetterTable):
         conn.execute("BEGIN")
         try:
             records, requested, flushed = conn.execute(
-                "SELECT live_sessions + live_tasks, flush_requested_seq, flushed_seq FROM state").fetchone()
+                "SELECT live_sessions + live_tasks + live_events, flush_requested_seq, flushed_seq FROM state").fetchone()
             oldest = conn.execute("SELECT received_at_us, seq FROM entries ORDER BY seq LIMIT 1").fetchone()
         finally:
             conn.execute("COMMIT")
@@ -168,9 +168,10 @@ class Spool(SpoolStatus, DeadLetterTable):
             conn.execute(
                 "UPDATE state SET flushed_seq = max(flushed_seq, ?), last_flush_us = ?, heartbeat_us = ?,"
                 " sessions_written = sessions_written + ?, tasks_written = tasks_written + ?,"
+                " events_written = events_written + ?,"
                 " tasks_held = tasks_held + ?, records_dead = records_dead + ?,"
                 " drain_rate = coalesce(?, drain_rate)",
-                (change.through_seq, now, now, change.sessions_written, change.tasks_written,
+                (change.through_seq, now, now, change.sessions_written, change.tasks_written, change.events_written,
                  len(change.hold), len(change.dead), change.drain_rate))
             conn.executemany(
                 "INSERT INTO held (task_id, session_id, received_at_us, held_since_us, payload, held_at_clock_us)"
@@ -196,11 +197,13 @@ class Spool(SpoolStatus, DeadLetterTable):
         gone = {kind: (count, size) for kind, count, size in rows}
         sessions = gone.get(KIND_SESSIONS, (0, 0))
         tasks = gone.get(KIND_TASKS, (0, 0))
+        events = gone.get(KIND_AUDIT_EVENTS, (0, 0))
         size = sum(v[1] for v in gone.values())
         conn.execute("DELETE FROM entries WHERE seq <= ?", (through_seq,))
         conn.execute(
             "UPDATE state SET live_bytes = live_bytes - ?, live_sessions = live_sessions - ?,"
-            " live_tasks = live_tasks - ?, refused_at_us = 0", (size, sessions[0], tasks[0]))
+            " live_tasks = live_tasks - ?, live_events = live_events - ?, refused_at_us = 0",
+            (size, sessions[0], tasks[0], events[0]))
 
     def command_result(self, seq: int) -> bytes | None:
         """The JSON result of the command appended as seq, once the flusher applied it."""

@@ -82,6 +82,7 @@ class DrainCommit(Struct):
     through_seq: int
     sessions_written: int = 0
     tasks_written: int = 0
+    events_written: int = 0
     hold: list[HeldTask] = []
     release: list[int] = []
     dead: list[DeadLetter] = []
