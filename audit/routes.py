@@ -51,12 +51,13 @@ def _filter(r: ParamReader) -> EventFilter:
             r.fail("q", str(exc))
     return EventFilter(actor_id=r.text("actor_id", 128), action=r.text("action", 64),
                        resource_type=r.text("resource_type", 64), resource_id=r.text("resource_id", 255),
-                       outcome=r.choice("outcome", OUTCOMES), from_us=_bound(r, "from", False),
-                       to_us=_bound(r, "to", True), words=tuple(found))
+                       outcome=r.choice("outcome", OUTCOMES), from_us=_bound(r, "from"),
+                       to_us=_bound(r, "to"), words=tuple(found))
 
 
-def _bound(r: ParamReader, name: str, is_upper: bool) -> int | None:
-    text = r.time(name, is_upper)  # storage text, clamped to what any store holds
+def _bound(r: ParamReader, name: str) -> int | None:
+    """A bound on occurred_at in microseconds (`to` is exclusive, as `from` is inclusive: read alike)."""
+    text = r.time(name, is_upper=False)  # storage text, clamped to what any store holds
     if text is None:
         return None
     us = to_us(datetime.fromisoformat(text))
@@ -138,7 +139,7 @@ def _csv_row(e: StoredEvent) -> Iterator[object]:
 
 async def verify(request: Request) -> Response:
     r = ParamReader(request.query_params)
-    start, end = r.time("from", False), r.time("to", True)
+    start, end = r.time("from", is_upper=False), r.time("to", is_upper=False)  # [from, to)
     r.done()
     return json_response(await request.state.read_threads.run(_log(request).verify, start, end))
 

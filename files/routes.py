@@ -139,7 +139,14 @@ async def upload(request: Request) -> Response:
     except Exception:
         metrics.FILE_UPLOADS.labels("failed").inc()
         raise
+    await _record_upload(request, created)
     return json_response(created, 201, {"ETag": f'"{created.sha256}"', "Location": f"{API}/{file_id}"})
+
+
+async def _record_upload(request: Request, created: Any) -> None:
+    """The audit event of a stored file: its id, name and size, never its content."""
+    await request.state.audit_trail.record(request, "file.upload", "file", created.file_id,
+                                           details={"filename": created.filename, "size": created.size})
 
 
 async def _file_part(request: Request, form: MultipartUpload) -> AsyncIterator[bytes]:
@@ -337,12 +344,14 @@ async def complete(request: Request) -> Response:
     files = _files(request)
     asked = await decode_body(request, CompleteRequest, SMALL_BODY, allow_empty=True)
     created = await files.complete(request.path_params["file_id"], asked.sha256)
+    await _record_upload(request, created)
     return json_response(created, 201, {"ETag": f'"{created.sha256}"'})
 
 
 async def delete(request: Request) -> Response:
     file_id = request.path_params["file_id"]
     await _files(request).delete(file_id)
+    await request.state.audit_trail.record(request, "file.delete", "file", file_id)
     return json_response(FileDeleted(file_id=file_id))
 
 

@@ -13,8 +13,11 @@ from msgspec import Struct
 from core.errors import BodyNotJson, FieldError, Invalid
 
 from core.kinds import RecordKind
+from core.audit_records import AUDIT_FIELD_CHECKS
 from core.records import FIELD_CHECKS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH
 
+# Limits msgspec's annotations cannot say, by field name (the names differ between kinds).
+_CHECKS = {**FIELD_CHECKS, **AUDIT_FIELD_CHECKS}
 _PATH_SUFFIX = re.compile(r" - at `\$[^`]*`$")
 
 
@@ -79,7 +82,7 @@ def _check_envelope(doc: Any, list_name: str) -> list[FieldError]:
 def _check_item(item: Any, item_type: type[Struct], path: str) -> list[FieldError]:
     if not isinstance(item, dict):
         return [FieldError(path, "must be an object")]
-    errors = []
+    errors: list[FieldError] = []
     if item_type.__struct_config__.forbid_unknown_fields:
         known = set(item_type.__struct_fields__)
         errors.extend(FieldError(f"{path}.{name}", "is not a field of this record") for name in item if name not in known)
@@ -100,5 +103,5 @@ def _check_value(value: Any, field: msgspec.structs.FieldInfo) -> str | None:
         converted = msgspec.convert(value, field.type)
     except msgspec.ValidationError as exc:
         return _PATH_SUFFIX.sub("", str(exc))
-    check = FIELD_CHECKS.get(field.name)
+    check = _CHECKS.get(field.name)
     return check(converted) if check else None

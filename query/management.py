@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import msgspec
 from msgspec import Struct
@@ -90,20 +91,25 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
         session_id = request.path_params["session_id"]
         if len(session_id) > 36:
             raise SessionNotFound(session_id)
-        return _answer(await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id)), session_id, request)
+        result = await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id))
+        await _record(request, "session.delete", session_id, result)
+        return _answer(result, session_id, request)
 
     async def set_status(request: Request) -> Response:
         session_id = request.path_params["session_id"]
         change = await decode_body(request, StatusChange, MAX_BODY_BYTES)
         if len(session_id) > 36:
             raise SessionNotFound(session_id)
-        return _answer(await queue.run(KIND_SET_SESSION_STATUS, SetSessionStatus(session_id, change.status)),
-                       session_id, request)
+        result = await queue.run(KIND_SET_SESSION_STATUS, SetSessionStatus(session_id, change.status))
+        await _record(request, "session.status", session_id, result, {"status": change.status})
+        return _answer(result, session_id, request)
 
     async def cleanup(request: Request) -> Response:
         body = await decode_body(request, Cleanup, MAX_BODY_BYTES, allow_empty=True)
         command = CleanupCommand(body.completed_days, body.failed_days, body.dry_run)
-        return _answer(await queue.run(KIND_CLEANUP, command), None, request)
+        result = await queue.run(KIND_CLEANUP, command)
+        await _record(request, "sessions.cleanup", None, result, msgspec.structs.asdict(command))
+        return _answer(result, None, request)
 
     base = "/api/v1/translation/sessions"
     return [
@@ -111,6 +117,14 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
         ScopedRoute(base + "/{session_id}", delete_session, methods=["DELETE"], access="admin"),
         ScopedRoute(base + "/{session_id}/status", set_status, methods=["PATCH"], access="admin"),
     ]
+
+
+async def _record(request: Request, action: str, session_id: str | None, result: CommandResult | None,
+                  details: dict[str, Any] | None = None) -> None:
+    """The audit event of a management write: what was asked and what came of it."""
+    outcome = "failure" if isinstance(result, CommandNotFound | Superseded | CommandFailed) else "success"
+    what = "queued" if result is None else type(result).__name__
+    await request.state.audit_trail.record(request, action, "session", session_id, outcome, what, details)
 
 
 def _answer(result: CommandResult | None, session_id: str | None, request: Request) -> Response:

@@ -148,12 +148,19 @@ def system_routes(settings: Settings) -> list[ScopedRoute]:
         selection = await _selection(request)
         ids = None if selection.is_all else selection.ids
         report = await run_in_threadpool(_with_spool, settings.spool, lambda s: dead_letters.retry(s, ids))
-        return json_response(retry_result(report))
+        answer = retry_result(report)
+        await request.state.audit_trail.record(request, "dead_letters.retry", "dead_letter",
+                                               "all" if ids is None else None,
+                                               details={"retried_ids": answer.retried_ids[:1000]})
+        return json_response(answer)
 
     async def purge(request: Request) -> Response:
         selection = await _selection(request)
         ids = None if selection.is_all else selection.ids
         purged = await run_in_threadpool(_with_spool, settings.spool, lambda s: dead_letters.purge(s, ids))
+        await request.state.audit_trail.record(request, "dead_letters.purge", "dead_letter",
+                                               "all" if ids is None else None,
+                                               details={"purged": purged, "ids": (ids or [])[:1000]})
         return json_response(PurgeResult("purged", purged))
 
     async def openapi(request: Request) -> Response:

@@ -4,10 +4,12 @@ using a login session is write (a backend acting for its users)."""
 
 from __future__ import annotations
 
+from msgspec import UNSET
 from starlette.requests import Request
 from starlette.responses import Response
 
 from core.auth import ScopedRoute
+from core.errors import ClientError
 from core.http import decode_body, error_response, json_response
 from core.user_records import (
     ROLES,
@@ -29,6 +31,7 @@ from core.user_records import (
 from plugins.user_directory import UserFilter
 from query.params import ParamReader
 from users.service import SessionStoreUnavailable, UserService, user_view
+from wal.audit_trail import AuditTrail
 
 USERS = "/api/v1/users"
 USER_SESSIONS = "/api/v1/user-sessions"
@@ -39,6 +42,10 @@ DEFAULT_LIMIT = 100
 
 def _users(request: Request) -> UserService:
     return request.state.users
+
+
+def _trail(request: Request) -> AuditTrail:
+    return request.state.audit_trail
 
 
 async def store_unavailable(request: Request, exc: Exception) -> Response:
@@ -52,6 +59,7 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
 async def create_user(request: Request) -> Response:
     body = await decode_body(request, UserCreate, SMALL_BODY)
     user = await _users(request).create(body)
+    await _trail(request).record(request, "user.create", "user", user.user_id, details={"role": user.role})
     return json_response(user, 201, {"Location": f"{USERS}/{user.user_id}"})
 
 
@@ -61,12 +69,16 @@ async def get_user(request: Request) -> Response:
 
 async def patch_user(request: Request) -> Response:
     body = await decode_body(request, UserPatch, SMALL_BODY)
-    return json_response(await _users(request).patch(request.path_params["user_id"], body))
+    user = await _users(request).patch(request.path_params["user_id"], body)
+    changed = sorted(name for name in body.__struct_fields__ if getattr(body, name) is not UNSET)
+    await _trail(request).record(request, "user.update", "user", user.user_id, details={"fields": changed})
+    return json_response(user)
 
 
 async def delete_user(request: Request) -> Response:
     user_id = request.path_params["user_id"]
     await _users(request).delete(user_id)
+    await _trail(request).record(request, "user.delete", "user", user_id)
     return json_response(UserDeleted(user_id=user_id))
 
 
@@ -87,7 +99,14 @@ async def list_users(request: Request) -> Response:
 
 async def authenticate(request: Request) -> Response:
     body = await decode_body(request, Credentials, SMALL_BODY)
-    return json_response(Authenticated(await _users(request).authenticate(body.login, body.password)))
+    try:
+        user = await _users(request).authenticate(body.login, body.password)
+    except ClientError as exc:  # the login tried, never the password
+        await _trail(request).record(request, "user.authenticate", "user", body.login[:255], "failure",
+                                     exc.error_code)
+        raise
+    await _trail(request).record(request, "user.authenticate", "user", user.user_id)
+    return json_response(Authenticated(user))
 
 
 # -- login sessions ----------------------------------------------------------------
@@ -95,7 +114,10 @@ async def authenticate(request: Request) -> Response:
 
 async def open_session(request: Request) -> Response:
     body = await decode_body(request, SessionCreate, SMALL_BODY)
-    return json_response(await _users(request).open_session(body), 201, {"Cache-Control": "no-store"})
+    opened = await _users(request).open_session(body)
+    await _trail(request).record(request, "user_session.create", "user_session", opened.session_id,
+                                 details={"user_id": opened.user_id})
+    return json_response(opened, 201, {"Cache-Control": "no-store"})
 
 
 async def validate_session(request: Request) -> Response:
@@ -112,12 +134,14 @@ async def set_session_data(request: Request) -> Response:
 async def revoke_session(request: Request) -> Response:
     body = await decode_body(request, TokenBody, SMALL_BODY)
     await _users(request).revoke(body.token)
+    await _trail(request).record(request, "user_session.revoke", "user_session", None, message="revoked by its token")
     return json_response(Revoked())
 
 
 async def revoke_session_id(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     await _users(request).revoke_id(session_id)
+    await _trail(request).record(request, "user_session.revoke", "user_session", session_id)
     return json_response(Revoked(session_id=session_id))
 
 
@@ -126,7 +150,10 @@ async def list_user_sessions(request: Request) -> Response:
 
 
 async def revoke_user_sessions(request: Request) -> Response:
-    return json_response(RevokedCount(await _users(request).revoke_user(request.path_params["user_id"])))
+    user_id = request.path_params["user_id"]
+    revoked = await _users(request).revoke_user(user_id)
+    await _trail(request).record(request, "user_session.revoke_all", "user", user_id, details={"revoked": revoked})
+    return json_response(RevokedCount(revoked))
 
 
 EXCEPTION_HANDLERS = {SessionStoreUnavailable: store_unavailable}
