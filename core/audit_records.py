@@ -26,10 +26,9 @@ ACTOR_TYPES = ("user", "service", "system")
 OUTCOMES = ("success", "failure")
 MAX_MESSAGE_BYTES = 4096
 MAX_DETAILS_BYTES = 32_768
-# An event's place in the newest-first order is (occurred_at us) * POS_SLOTS + a
-# slot, one 64-bit integer that both search indexes use as their row id; so
-# occurred_at must lie where that fits (1700 .. 2240).
-POS_SLOTS = 1024
+# An event's place in the newest-first order is one 64-bit integer that both
+# search indexes use as their row id: its occurred_at millisecond * 2**20 + a
+# slot (plugins/audit/chain.py), so occurred_at must lie where that fits.
 MIN_OCCURRED_US = to_us(datetime(1700, 1, 1, tzinfo=UTC))
 MAX_OCCURRED_US = to_us(datetime(2240, 1, 1, tzinfo=UTC))
 

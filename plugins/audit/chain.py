@@ -9,8 +9,11 @@ oldest events of the chain only; `audit_chain` keeps where the chain now
 starts and the hash the first remaining event must carry.
 
 `pos` orders events newest first for reads and is the search indexes' row id:
-occurred_at in microseconds * POS_SLOTS + a slot (seq modulo POS_SLOTS,
-moved on if taken), so events of one microsecond still get distinct ids.
+occurred_at's millisecond * 2**20 + a slot in that millisecond. The slot is
+(the microsecond within it) * 1024 + seq modulo 1024, so events keep their
+microsecond order; an event whose slot is taken (more than 1024 events of one
+microsecond, e.g. times sent to the second) takes the next free slot of its
+millisecond, which orders it up to a millisecond later among its neighbours.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ from typing import Any
 
 from msgspec import Struct
 
-from core.audit_records import POS_SLOTS
 from core.records import JSON_ENCODER
 from core.times import db_text
 
 GENESIS = "0" * 64
+MS_SHIFT = 20  # 2**20 slots per millisecond: pos fits 64 bits from 1692 to 2248
+US_SLOTS = 1024  # slots per microsecond before one spills over
+
+
+def ms_start(us: int) -> int:
+    """The first pos of the millisecond holding `us`."""
+    return (us // 1000) << MS_SHIFT
+
 # The columns of a stored event, in table order; the hash covers every one but the last two.
 STORED_COLUMNS = ("pos", "seq", "event_id", "occurred_at", "actor_id", "actor_type", "action", "resource_type",
                   "resource_id", "outcome", "ip", "user_agent", "request_id", "message", "details", "stored_at",
@@ -57,15 +67,20 @@ def stored_row(row: Sequence[Any], pos: int, seq: int) -> list[Any]:
             outcome, ip, user_agent, request_id, message, details, db_text(stored_us)]
 
 
-def link(rows: Sequence[Sequence[Any]], head: Head, taken: Callable[[Iterable[int]], set[int]]) -> list[list[Any]]:
+def link(rows: Sequence[Sequence[Any]], head: Head,
+         taken: Callable[[list[int] | range], set[int]]) -> list[list[Any]]:
     """New events (drain rows, in spool order, none stored yet) as stored rows
     that continue the chain after head; head is advanced. taken(positions)
-    returns those already used by stored events."""
-    wanted = [row[1] * POS_SLOTS + (head.last_seq + 1 + i) % POS_SLOTS for i, row in enumerate(rows)]
+    returns those already used by stored events (positions: a list, or a
+    range of one millisecond's slots)."""
+    wanted = [ms_start(row[1]) + (row[1] % 1000) * US_SLOTS + (head.last_seq + 1 + i) % US_SLOTS
+              for i, row in enumerate(rows)]
     used = taken(wanted)
+    loaded: set[int] = set()  # milliseconds whose used slots are all in `used`
     out = []
     for row, pos in zip(rows, wanted):
-        pos = _free_slot(pos, row[1], used, taken)
+        if pos in used:
+            pos = _free_slot(pos, row[1], used, loaded, taken)
         used.add(pos)
         head.last_seq += 1
         stored = stored_row(row, pos, head.last_seq)
@@ -74,16 +89,20 @@ def link(rows: Sequence[Sequence[Any]], head: Head, taken: Callable[[Iterable[in
     return out
 
 
-def _free_slot(pos: int, occurred_us: int, used: set[int], taken: Callable[[Iterable[int]], set[int]]) -> int:
-    """pos (already checked against stored events), or the next slot of its
-    microsecond that no event uses. Rare: a collision needs events of one
-    microsecond whose seqs are equal modulo POS_SLOTS."""
-    base = occurred_us * POS_SLOTS
-    for probe in range(POS_SLOTS):
-        if pos not in used and (probe == 0 or not taken([pos])):
-            return pos
-        pos = base + (pos - base + 1) % POS_SLOTS
-    raise ValueError(f"more than {POS_SLOTS} audit events occurred at one microsecond")
+def _free_slot(pos: int, occurred_us: int, used: set[int], loaded: set[int],
+               taken: Callable[[list[int] | range], set[int]]) -> int:
+    """The next slot after pos in its millisecond that no event uses."""
+    base = ms_start(occurred_us)
+    if base not in loaded:
+        used |= taken(range(base, base + (1 << MS_SHIFT)))
+        loaded.add(base)
+    for slot in range(pos + 1, base + (1 << MS_SHIFT)):
+        if slot not in used:
+            return slot
+    for slot in range(base, pos):
+        if slot not in used:
+            return slot
+    raise ValueError(f"more than {1 << MS_SHIFT} audit events occurred in one millisecond")
 
 
 class Verifier:

@@ -69,7 +69,7 @@ def append_events(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> in
     if not new:
         return 0
     chain = head(conn)
-    linked = link(new, chain, lambda positions: _existing(conn, "pos", list(positions)))
+    linked = link(new, chain, lambda positions: _existing(conn, "pos", positions))
     conn.executemany(INSERT, linked)
     texts = [(row[0], search_text(row[13], row[14])) for row in linked]
     conn.executemany("INSERT INTO audit_text_trigram (rowid, body) VALUES (?, ?)", texts)
@@ -79,7 +79,10 @@ def append_events(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> in
     return len(new)
 
 
-def _existing(conn: sqlite3.Connection, column: str, values: list[Any]) -> set[Any]:
+def _existing(conn: sqlite3.Connection, column: str, values: list[Any] | range) -> set[Any]:
+    if isinstance(values, range):  # a span of positions
+        return {r[0] for r in conn.execute(f"SELECT {column} FROM audit_events WHERE {column} >= ? AND {column} < ?",
+                                           (values.start, values.stop))}
     found: set[Any] = set()
     for start in range(0, len(values), LOOKUP_CHUNK):
         chunk = values[start:start + LOOKUP_CHUNK]

@@ -12,9 +12,10 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from core.audit_records import POS_SLOTS, StoredEvent, VerifyResult
+from core.audit_records import StoredEvent, VerifyResult
+from core.times import db_text
 from plugins import SinkError
-from plugins.audit.chain import STORED_COLUMNS, Head, Verifier
+from plugins.audit.chain import STORED_COLUMNS, Head, Verifier, ms_start
 from plugins.audit.text import is_short_latin
 from plugins.direct_db import DirectDatabase
 
@@ -154,8 +155,15 @@ class AuditLog:
             if value is not None:
                 where.clauses.append(f"e.{column} = %s")
                 where.args.append(value)
-        low = None if flt.from_us is None else flt.from_us * POS_SLOTS
-        high = None if flt.to_us is None else flt.to_us * POS_SLOTS  # exclusive: slots of to_us are after it
+        # Times bound pos by whole milliseconds (what the indexes use), and occurred_at exactly.
+        low = None if flt.from_us is None else ms_start(flt.from_us)
+        high = None if flt.to_us is None else ms_start(flt.to_us + 999)
+        if flt.from_us is not None and flt.from_us % 1000:
+            where.clauses.append("e.occurred_at >= %s")
+            where.args.append(db_text(flt.from_us))
+        if flt.to_us is not None and flt.to_us % 1000:
+            where.clauses.append("e.occurred_at < %s")
+            where.args.append(db_text(flt.to_us))
         if after_pos is not None:
             low = after_pos + 1 if low is None else max(low, after_pos + 1)
         if before_pos is not None:
