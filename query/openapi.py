@@ -26,6 +26,7 @@ from core.file_records import (
     PresignRequest,
     UploadRequest,
 )
+from core.audit_records import OUTCOMES, AuditEventBatch, EventPage, EventsAccepted, StoredEvent, VerifyResult
 from core.records import Cleanup, SessionBatch, TaskBatch
 from core.user_records import (
     ROLES,
@@ -57,12 +58,14 @@ FILES = "/api/v1/files"
 USERS = "/api/v1/users"
 USER_SESSIONS = "/api/v1/user-sessions"
 SYSTEM = "/api/v1/system"
+AUDIT = "/api/v1/audit"
+NDJSON = "application/x-ndjson"
 REF = "#/components/schemas/{name}"
 TEXT = "text/plain"
 HTML = "text/html"
 JSON_OBJECT = "object"  # an answer whose schema is any JSON object (the OpenAPI document itself)
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36, "user_id": 36}
+_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36, "user_id": 36, "event_id": 64}
 BINARY = "application/octet-stream"
 
 Answer = type[Struct] | str  # a Struct, or a media type for a body that is not JSON
@@ -122,6 +125,16 @@ USER_FILTERS = (Param("status", _enum(USER_STATUSES, "only users in this status"
                 Param("q", {"type": "string", "maxLength": 254},
                       "prefix of username, email or display name, without regard to case"),
                 CURSOR, LIMIT)
+OCCURRED_FROM = Param("from", {"type": "string"}, "occurred_at >= this (ISO 8601 date or datetime)")
+OCCURRED_TO = Param("to", {"type": "string"}, "occurred_at before this (exclusive)")
+EVENT_FILTERS = (Param("actor_id", {"type": "string", "maxLength": 128}),
+                 Param("action", {"type": "string", "maxLength": 64}),
+                 Param("resource_type", {"type": "string", "maxLength": 64}),
+                 Param("resource_id", {"type": "string", "maxLength": 255}),
+                 Param("outcome", _enum(OUTCOMES, "only events with this outcome")), OCCURRED_FROM, OCCURRED_TO,
+                 Param("q", {"type": "string", "maxLength": 1024},
+                       "words (split on whitespace, at most 16 of at most 128 characters) that must all occur in "
+                       "the message or a string value of details; every character is text, never an operator"))
 RANGE_NOTE = "Range (one range) -> 206, unsatisfiable -> 416; If-None-Match with the ETag -> 304"
 
 WRITE_ERRORS = (400, 413, 422, 429, 503)
@@ -226,6 +239,19 @@ OPERATIONS: tuple[Op, ...] = (
        errors=(400, 413, 422, 503)),
     Op("delete", f"{USER_SESSIONS}/{{session_id}}", "revokeUserSessionById", "user sessions",
        "Revoke one session by its id", {200: Revoked}, errors=(404, 503)),
+    Op("post", f"{AUDIT}/events/batch", "postAuditEvents", "audit",
+       "Accept a batch of audit events (stored once per event_id; ids assigned where missing)",
+       {202: EventsAccepted}, AuditEventBatch, errors=WRITE_ERRORS),
+    Op("get", f"{AUDIT}/events", "listAuditEvents", "audit", "Search audit events, newest first",
+       {200: EventPage}, params=(*EVENT_FILTERS, CURSOR, LIMIT), errors=READ_ERRORS),
+    Op("get", f"{AUDIT}/events/{{event_id}}", "getAuditEvent", "audit", "One audit event", {200: StoredEvent},
+       errors=(404, 503)),
+    Op("get", f"{AUDIT}/export", "exportAuditEvents", "audit",
+       "Every matching event, oldest first, streamed as NDJSON (or CSV with format=csv)", {200: NDJSON},
+       params=(*EVENT_FILTERS, Param("format", _enum(("ndjson", "csv"), "default ndjson"))), errors=READ_ERRORS),
+    Op("get", f"{AUDIT}/verify", "verifyAuditChain", "audit",
+       "Check the hash chain over the stored events; names the first event changed behind the service's back",
+       {200: VerifyResult}, params=(OCCURRED_FROM, OCCURRED_TO), errors=READ_ERRORS),
     Op("get", "/health", "health", "system", "Can the service accept writes (503 when it cannot)",
        {200: t.Health, 503: t.Health}),
     Op("get", "/metrics", "metrics", "system", "Prometheus metrics of every process", {200: TEXT}),

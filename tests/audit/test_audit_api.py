@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import random
+from typing import Any
 from datetime import UTC, datetime, timedelta
 
 from testkit.service import Service, sink_rows
@@ -39,7 +40,7 @@ def flushed(service: Service) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def walk(service: Service, **params: object) -> list[dict]:
+def walk(service: Service, **params: Any) -> list[dict]:
     """Every page of a list, following next_cursor."""
     items: list[dict] = []
     cursor = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 from pathlib import Path
@@ -71,7 +72,7 @@ def search_all(log: AuditLog, words: tuple[str, ...], limit: int = 50) -> list[s
 
 def test_search_follows_the_rule(store: tuple[Sink, AuditLog, str], rng: random.Random) -> None:
     sink, log, _ = store
-    events = []
+    events: list[dict[str, Any]] = []
     for i in range(400):
         details = {"note": phrase(rng), "nested": [phrase(rng), 7]} if rng.random() < 0.4 else None
         events.append({"event_id": f"ev-{i:04d}", "actor_id": "a", "action": "x", "resource_type": "r",
@@ -82,7 +83,7 @@ def test_search_follows_the_rule(store: tuple[Sink, AuditLog, str], rng: random.
     texts = {e["event_id"]: search_text(e["message"], msgspec.json.encode(e["details"]).decode()
                                         if e["details"] else None) for e in events}
 
-    queries = [(w,) for w in ENGLISH + CHINESE + HOSTILE]
+    queries: list[tuple[str, ...]] = [(w,) for w in ENGLISH + CHINESE + HOSTILE]
     queries += [("翻译完成",), ("机器翻译",), ("FINISHED", "翻译"), ("session", "reviewer", "通过"), ("ses",),
                 ("ation",), ("译",), ("译完",), ("nothing-like-this",), ('"AND"',), ("OR", "*")]
     for _ in range(40):  # substrings cut out of stored texts: they must be found
