@@ -108,7 +108,8 @@ def _fires(alert: str, quiet_at: str, firing_at: str, **labels: str) -> list[dic
 
 def _severity(alert: str) -> str:
     warnings = {"PersistenceSpoolFilling", "PersistenceLagHigh", "PersistenceSinkTransientErrors",
-                "PersistenceDeadLetters", "PersistenceBlobStoreErrors", "PersistenceSessionStoreErrors"}
+                "PersistenceDeadLetters", "PersistenceBlobStoreErrors", "PersistenceSessionStoreErrors",
+                "PersistenceAuditEventsDropped"}
     return "warning" if alert in warnings else "critical"
 
 
@@ -150,6 +151,8 @@ def _rule_tests() -> list[dict[str, Any]]:
               _fires("PersistenceBlobStoreErrors", "5m", "12m")),
         _case({("persistence_session_store_errors_total", "touch"): "0x5 0+2x15"},
               _fires("PersistenceSessionStoreErrors", "5m", "12m")),
+        _case({("persistence_audit_events_dropped_total", ""): "0x5 0+5x15"},
+              _fires("PersistenceAuditEventsDropped", "5m", "7m")),
         # The counter's series appears with its first dead letter: the table's size catches it.
         _case({("persistence_dead_lettered_total", "any"): "_x5 1x15", ("persistence_dead_letters", ""): "0x5 1x15"},
               _fires("PersistenceDeadLetters", "5m", "7m")),

@@ -156,7 +156,8 @@ def test_a_format_1_spool_is_brought_up_to_date_with_its_entries(tmp_path: Path)
     conn.close()
     spool = Spool.open(_settings(path))
     try:
-        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == schema.FORMAT_VERSION == 3
+        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == schema.FORMAT_VERSION == 4
+        assert spool._conn.execute("SELECT live_events, events_written FROM state").fetchone() == (0, 0)
         assert [e.payload for e in spool.read(0, 10)] == [b"{}"]
         (held,) = spool.held()
         assert (held.task_id, held.held_at_clock_us) == ("t-1", 0)
