@@ -76,8 +76,12 @@ def _check_conn(conn: sqlite3.Connection, report: CheckReport) -> None:
     if result != ["ok"]:
         report.problems.extend(f"quick_check: {line}" for line in result[:10])
         return
+    # One snapshot for both reads: another process may commit the new schema between them.
+    conn.execute("BEGIN")
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == 0 and not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+    is_empty = not conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()
+    conn.execute("COMMIT")
+    if version == 0 and is_empty:
         return  # a new spool another process is creating right now
     if version != schema.FORMAT_VERSION:
         report.problems.append(f"spool format {version}, this program reads {schema.FORMAT_VERSION}")
