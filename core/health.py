@@ -22,6 +22,7 @@ from wal.types import SpoolStats
 class Buffer(Struct):
     sessions_count: int
     tasks_count: int
+    events_count: int  # audit events
     total_count: int
     capacity: int
     bytes: int
@@ -116,7 +117,7 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
     elif stalled_s >= stall_after_s:
         status = "unhealthy"
         reason = (f"the flusher has written nothing for {stalled_s:.0f} s while "
-                  f"{stats.pending_sessions + stats.pending_tasks} records wait"
+                  f"{stats.pending_records} records wait"
                   + ("" if flusher_alive else " (the flusher is not running)"))
     elif not database_ok:
         status = "degraded"
@@ -129,7 +130,7 @@ def health_report(stats: SpoolStats, started_us: int, version: str, stall_after_
         status=status, reason=reason, database="healthy" if database_ok else "unhealthy",
         buffer=Buffer(
             sessions_count=stats.pending_sessions, tasks_count=stats.pending_tasks,
-            total_count=stats.pending_sessions + stats.pending_tasks, capacity=stats.max_bytes,
+            events_count=stats.pending_events, total_count=stats.pending_records, capacity=stats.max_bytes,
             bytes=stats.pending_bytes, usage_percent=round(100 * stats.pending_bytes / stats.max_bytes, 2),
             last_flush=iso_z(stats.last_flush_us) if stats.last_flush_us else None,
             oldest_age_seconds=round((now - stats.oldest_received_us) / 1e6, 3) if stats.oldest_received_us else 0.0,

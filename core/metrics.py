@@ -131,6 +131,7 @@ def spool_gauges(stats: Any, now_us: int, stalled_s: float = 0.0, stall_after_s:
     records = GaugeMetricFamily("persistence_spool_records", "Records waiting in the spool.", labels=["kind"])
     records.add_metric(["session"], stats.pending_sessions)
     records.add_metric(["task"], stats.pending_tasks)
+    records.add_metric(["audit_event"], stats.pending_events)
     yield records
     yield GaugeMetricFamily("persistence_spool_bytes", "Payload bytes waiting in the spool.", value=stats.pending_bytes)
     yield GaugeMetricFamily("persistence_spool_capacity_bytes", "spool.max_bytes.", value=stats.max_bytes)

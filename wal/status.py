@@ -75,7 +75,7 @@ class SpoolStatus(SpoolBase):
             state = conn.execute(
                 "SELECT live_sessions, live_tasks, live_bytes, flushed_seq, last_flush_us, heartbeat_us,"
                 " sink_healthy, sink_error, sessions_written, tasks_written, refused_at_us, tasks_held,"
-                " records_dead, drain_rate FROM state").fetchone()
+                " records_dead, drain_rate, live_events FROM state").fetchone()
             oldest = conn.execute("SELECT received_at_us FROM entries ORDER BY seq LIMIT 1").fetchone()
             held = conn.execute("SELECT count(*) FROM held").fetchone()[0]
             dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
@@ -89,7 +89,8 @@ class SpoolStatus(SpoolBase):
             heartbeat_us=state[5], sink_healthy=bool(state[6]), sink_error=state[7],
             held_tasks=held, dead_letters=dead, sessions_written=state[8], tasks_written=state[9],
             is_refusing=bool(state[10]) or state[2] >= self._settings.max_bytes or disk_free < reserved,
-            disk_free_bytes=disk_free, tasks_held=state[11], records_dead=state[12], drain_rate=state[13])
+            disk_free_bytes=disk_free, tasks_held=state[11], records_dead=state[12], drain_rate=state[13],
+            pending_events=state[14])
 
     def is_short_of_disk(self) -> bool:
         """Free space within one margin of the headroom ingest keeps: appends

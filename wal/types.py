@@ -129,12 +129,17 @@ class SpoolStats(Struct, frozen=True):
     tasks_held: int = 0  # totals since the spool was created
     records_dead: int = 0
     drain_rate: float = 0.0  # rows/s while busy; 0 = not measured yet
+    pending_events: int = 0  # audit events waiting
+
+    @property
+    def pending_records(self) -> int:
+        return self.pending_sessions + self.pending_tasks + self.pending_events
 
     def estimated_lag_s(self) -> float | None:
         """How long the records waiting now would take to drain, at the last measured rate."""
         if not self.drain_rate:
             return None
-        return (self.pending_sessions + self.pending_tasks) / self.drain_rate
+        return self.pending_records / self.drain_rate
 
     def is_flusher_alive(self, now_us: int) -> bool:
         """The flusher beats at least every second; FLUSHER_STALE_US of silence means it is not running."""
