@@ -3,7 +3,9 @@
 Each batch is one multi-row `INSERT ... ON DUPLICATE KEY UPDATE` per table
 and one COMMIT: two statements per 1000 rows. Every updated column is guarded
 by the version, so a stale row arriving late changes nothing; updated_at is
-assigned last because MySQL evaluates the assignments left to right.
+assigned last because MySQL evaluates the assignments left to right. Audit
+events (append-only, hash-chained) are stored by plugins/audit/mysql.py in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pymysql.constants import CLIENT
 from core.settings import SinkSettings
 from plugins import RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
-from plugins.tables import TABLES, Table, TableRows
+from plugins.tables import UPSERT_TABLES, Table, TableRows
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
@@ -53,7 +55,7 @@ def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
     )
 
 
-UPSERTS = {table.name: _upsert(table.name, table.columns) for table in TABLES}
+UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
 
 
 class MysqlSink:
@@ -76,6 +78,7 @@ class MysqlSink:
 
     def migrate(self) -> None:
         """Create the database and tables when missing (utf8mb4, binary no-pad keys)."""
+        from plugins.audit import mysql as audit_mysql  # not at the top: an import cycle (via direct_db)
         conn = self._connection(with_database=False)
         try:
             with conn.cursor() as cur:
@@ -83,8 +86,9 @@ class MysqlSink:
                 cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self._database}`"
                             f" CHARACTER SET utf8mb4 COLLATE {collation}")
                 cur.execute(f"USE `{self._database}`")
-                for table in TABLES:
+                for table in UPSERT_TABLES:
                     cur.execute(_create(table, collation))
+                audit_mysql.migrate(cur, collation)
             conn.commit()
         except pymysql.err.MySQLError as exc:
             raise _convert(exc) from exc
@@ -92,11 +96,18 @@ class MysqlSink:
             conn.close()
 
     def write(self, batch: Sequence[TableRows]) -> None:
-        """One transaction, table by table; per key the highest updated_at wins."""
+        """One transaction, table by table; per key the highest updated_at wins
+        (an append-only table: the first write of a key, plugins/audit/)."""
+        from plugins.audit import mysql as audit_mysql  # not at the top: an import cycle (via direct_db)
         try:
             conn = self._connection()
             with conn.cursor() as cur:
                 for part in batch:
+                    if not part.rows:
+                        continue
+                    if part.table.kind.write == "append":
+                        audit_mysql.append_events(cur, part.rows, self._max_stmt_bytes)
+                        continue
                     prefix, suffix = UPSERTS[part.table.name]
                     for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
                         cur.execute(statement)
@@ -144,6 +155,15 @@ class MysqlSink:
             done = self._run(lambda cur: self._cleanup_chunk(cur, chunk, dry_run))
             sessions, tasks = sessions + done[0], tasks + done[1]
         return sessions, tasks
+
+    def retain_audit_events(self, before: str) -> int:
+        from plugins.audit import mysql as audit_mysql  # not at the top: an import cycle (via direct_db)
+        deleted = 0
+        while True:
+            done = self._run(lambda cur: audit_mysql.retain_chunk(cur, before))
+            deleted += done
+            if not done:
+                return deleted
 
     def _cleanup_chunk(self, cur: pymysql.cursors.Cursor, ids: list[str], dry_run: bool) -> tuple[int, int]:
         if dry_run:
