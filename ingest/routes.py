@@ -27,9 +27,9 @@ def batch_endpoint(kind: RecordKind) -> Callable[[Request], Awaitable[Response]]
     """POST a batch of this kind: validate it whole, spool it (group commit), 202."""
     async def accept(request: Request) -> Response:
         body = await read_body(request, request.state.max_body_bytes, request.state.body_timeout)
-        count = validate_batch(kind, body)
+        records = validate_batch(kind, body)
+        count = len(records)
         if kind.complete is not None:  # fill in missing keys (and defaults) before spooling: a replay stores the same
-            records = kind.decode(body)
             kind.complete(records, now_us())
             body = kind.encode_batch(records)
             answer: Accepted | EventsAccepted = EventsAccepted("accepted", count, [kind.key(r) for r in records])

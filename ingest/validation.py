@@ -5,6 +5,7 @@ only when that fails does the slow path re-check every item and field, so a
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -28,8 +29,8 @@ class BatchInvalid(Invalid):
         super().__init__(errors, "The batch was not accepted: fix every field listed in errors.")
 
 
-def validate_batch(kind: RecordKind, body: bytes) -> int:
-    """Returns the number of records in a valid batch of this kind; raises
+def validate_batch(kind: RecordKind, body: bytes) -> Sequence[Any]:
+    """Returns the records of a valid batch of this kind; raises
     BodyNotJson or BatchInvalid otherwise."""
     try:
         return _validate(kind, body)
@@ -38,7 +39,7 @@ def validate_batch(kind: RecordKind, body: bytes) -> int:
                                        f"objects and arrays nest deeper than {MAX_JSON_DEPTH} levels")]) from None
 
 
-def _validate(kind: RecordKind, body: bytes) -> int:
+def _validate(kind: RecordKind, body: bytes) -> Sequence[Any]:
     try:
         records = kind.decode(body)
     except msgspec.ValidationError as exc:
@@ -49,7 +50,7 @@ def _validate(kind: RecordKind, body: bytes) -> int:
         raise BatchInvalid(errors) from None
     except msgspec.DecodeError as exc:
         raise BodyNotJson(f"the body is not valid JSON: {exc}") from None
-    return len(records)
+    return records
 
 
 def _collect_errors(kind: RecordKind, body: bytes, first: msgspec.ValidationError) -> list[FieldError]:

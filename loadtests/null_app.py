@@ -33,7 +33,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 def _accept(kind: RecordKind) -> Callable[[Request], Awaitable[Response]]:
     async def accept(request: Request) -> Response:
         body = await read_body(request, MAX_BODY_BYTES)
-        count = validate_batch(kind, body)
+        count = len(validate_batch(kind, body))
         return json_response({"status": "accepted", "count": count, "timestamp": iso_z(now_us())}, 202)
     return accept
 

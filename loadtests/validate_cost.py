@@ -71,7 +71,7 @@ def per_call_us(validate: Callable[[bytes], int], body: bytes, calls: int) -> fl
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     body = bodies.stamp(bodies.split_template(bodies.task_templates("v", 8)[0]), 1)
-    contenders: dict[str, Callable[[bytes], int]] = {"this tree": lambda b: validate_batch(TASKS, b)}
+    contenders: dict[str, Callable[[bytes], int]] = {"this tree": lambda b: len(validate_batch(TASKS, b))}
     if args.against:
         contenders[args.against] = old_validator(args.against)
     for validate in contenders.values():

@@ -39,7 +39,7 @@ BREAKERS: dict[str, list[object]] = {
 @settings(max_examples=150, deadline=None)
 @given(st.lists(valid_task, min_size=1, max_size=20))
 def test_valid_batches_are_accepted(tasks: list[dict]) -> None:
-    assert validate_batch(TASKS, msgspec.json.encode({"tasks": tasks})) == len(tasks)
+    assert len(validate_batch(TASKS, msgspec.json.encode({"tasks": tasks}))) == len(tasks)
 
 
 @settings(max_examples=150, deadline=None)
