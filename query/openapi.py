@@ -59,7 +59,7 @@ USERS = "/api/v1/users"
 USER_SESSIONS = "/api/v1/user-sessions"
 SYSTEM = "/api/v1/system"
 AUDIT = "/api/v1/audit"
-NDJSON = "application/x-ndjson"
+EXPORT_MEDIA = ("application/x-ndjson", "text/csv; charset=utf-8")
 REF = "#/components/schemas/{name}"
 TEXT = "text/plain"
 HTML = "text/html"
@@ -68,7 +68,7 @@ _PATH_PARAM = re.compile(r"{(\w+)}")
 _PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36, "user_id": 36, "event_id": 64}
 BINARY = "application/octet-stream"
 
-Answer = type[Struct] | str  # a Struct, or a media type for a body that is not JSON
+Answer = type[Struct] | str | tuple[str, ...]  # a Struct, or the media types of a body that is not JSON
 
 
 class Param(Struct, frozen=True):
@@ -247,7 +247,7 @@ OPERATIONS: tuple[Op, ...] = (
     Op("get", f"{AUDIT}/events/{{event_id}}", "getAuditEvent", "audit", "One audit event", {200: StoredEvent},
        errors=(404, 503)),
     Op("get", f"{AUDIT}/export", "exportAuditEvents", "audit",
-       "Every matching event, oldest first, streamed as NDJSON (or CSV with format=csv)", {200: NDJSON},
+       "Every matching event, oldest first, streamed as NDJSON (or CSV with format=csv)", {200: EXPORT_MEDIA},
        params=(*EVENT_FILTERS, Param("format", _enum(("ndjson", "csv"), "default ndjson"))), errors=READ_ERRORS),
     Op("get", f"{AUDIT}/verify", "verifyAuditChain", "audit",
        "Check the hash chain over the stored events; names the first event changed behind the service's back",
@@ -320,7 +320,7 @@ def _types(ops: tuple[Op, ...]) -> list[type[Struct]]:
     found: list[type[Struct]] = [t.ErrorBody]
     for op in ops:
         for kind in (op.body, *op.answers.values()):
-            if kind is not None and not isinstance(kind, str) and kind not in found:  # a Struct, or a generic one's alias
+            if kind is not None and not isinstance(kind, str | tuple) and kind not in found:  # a Struct, or a generic one's alias
                 found.append(kind)
     return found
 
@@ -356,6 +356,8 @@ def _answer(status: int, kind: Answer, ref_of: dict[type, dict[str, Any]]) -> di
         content = {"application/json": {"schema": {"type": "object"}}}
     elif isinstance(kind, str):
         content = {kind: {"schema": {"type": "string"}}}
+    elif isinstance(kind, tuple):
+        content = {media: {"schema": {"type": "string"}} for media in kind}
     else:
         content = {"application/json": {"schema": ref_of[kind]}}
     answer: dict[str, Any] = {"description": description if status != 202 else "Accepted", "content": content}
