@@ -17,7 +17,7 @@ from core.times import db_text
 from plugins import SinkError
 from plugins.audit.chain import STORED_COLUMNS, Head, Verifier, ms_start
 from plugins.audit.text import is_short_latin
-from plugins.direct_db import DirectDatabase
+from plugins.direct_db import DirectTables
 
 EXPORT_CHUNK = 2000  # events per read of an export: bounded memory whatever the total
 VERIFY_CHUNK = 5000
@@ -62,20 +62,8 @@ def to_event(row: Sequence[Any]) -> StoredEvent:
                        None if details is None else msgspec.Raw(details.encode() if isinstance(details, str) else details))
 
 
-class AuditLog:
+class AuditLog(DirectTables):
     """Reads of the audit log through the sink's database."""
-
-    def __init__(self, db: DirectDatabase) -> None:
-        self._db = db
-
-    def migrate(self) -> None:
-        self._db.migrate()
-
-    def ping(self) -> bool:
-        return self._db.ping()
-
-    def close(self) -> None:
-        self._db.close()
 
     def page(self, flt: EventFilter, before_pos: int | None, limit: int) -> tuple[list[StoredEvent], int | None]:
         """Newest first: up to limit events with pos below before_pos, and
