@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from core import metrics
-from core.audit_records import EVENT_FIELDS, MAX_OCCURRED_US, MIN_OCCURRED_US, OUTCOMES, EventPage, StoredEvent
+from persistence_api.audit import EVENT_FIELDS, MAX_OCCURRED_US, MIN_OCCURRED_US, OUTCOMES, EventPage, StoredEvent
 from core.auth import ScopedRoute
 from core.errors import ClientError
 from core.http import json_response

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
-from core.audit_records import AuditEvent, AuditEventBatch, complete
-from core.records import KIND_AUDIT_EVENTS, KIND_SESSIONS, KIND_TASKS, Session, SessionBatch, Task, TaskBatch
+from persistence_api.audit import AuditEvent, AuditEventBatch, complete
+from core.records import KIND_AUDIT_EVENTS, KIND_SESSIONS, KIND_TASKS
+from persistence_api.translation import Session, SessionBatch, Task, TaskBatch
 from core.times import to_us
 
 

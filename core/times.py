@@ -5,26 +5,14 @@ from __future__ import annotations
 
 import functools
 import time
-from datetime import UTC, datetime, timedelta
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from persistence_api.times import from_us, to_us  # noqa: F401 (defined once there, shared with the client)
+
 _GMTIME_MAX_S = 253_402_300_800  # 10000-01-01
 
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def to_us(value: datetime) -> int:
-    """A datetime as UTC microseconds; a naive datetime is taken as UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    delta = value - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 @functools.lru_cache(maxsize=4096)  # records of one request share their acceptance time

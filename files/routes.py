@@ -17,7 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from core import metrics
 from core.auth import ScopedRoute
 from core.errors import BodyTooLarge, ClientError, FieldError, Invalid
-from core.file_records import (
+from persistence_api.files import (
     MAX_TAG_CHARS,
     MAX_TAGS,
     CompleteRequest,

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 from core import metrics
 from core.errors import BodyTimeout, BodyTooLarge, ClientError, FieldError, Invalid, NotFound
-from core.file_records import File
+from persistence_api.files import File
 from core.settings import FilesSettings
 from core.times import db_text, now_us
 from files.signing import Signer, load_key

@@ -8,9 +8,8 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from core.records import (COMMAND_TYPES, JSON_ENCODER, MIN_TIME_US, AuditRetained, AuditRetentionCommand,
-                          CleanupCommand, CleanupResult, CommandFailed, CommandNotFound, CommandResult, Deleted,
-                          DeleteSession, SetSessionStatus, SpoolEntry, StatusUpdated, Superseded)
+from core.records import COMMAND_TYPES, JSON_ENCODER, AuditRetained, AuditRetentionCommand, CleanupCommand, CommandFailed, CommandNotFound, CommandResult, DeleteSession, SetSessionStatus, SpoolEntry, Superseded
+from persistence_api.translation import MIN_TIME_US, CleanupResult, Deleted, StatusUpdated
 from core.times import db_text
 from plugins import Sink
 

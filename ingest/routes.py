@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from core import VERSION
-from core.audit_records import EventsAccepted
+from persistence_api.audit import EventsAccepted
 from core.http import json_response, read_body
 from core.metrics import RECORDS_ACCEPTED
 from core.kinds import RecordKind
-from core.records import Accepted, FlushResult
+from persistence_api.translation import Accepted, FlushResult
 from core.times import iso_z, now_us
 from ingest.validation import validate_batch
 from core.health import health_report, stores_health

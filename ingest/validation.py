@@ -14,8 +14,8 @@ from msgspec import Struct
 from core.errors import BodyNotJson, FieldError, Invalid
 
 from core.kinds import RecordKind
-from core.audit_records import AUDIT_FIELD_CHECKS
-from core.records import FIELD_CHECKS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH
+from persistence_api.audit import AUDIT_FIELD_CHECKS
+from persistence_api.translation import FIELD_CHECKS, MAX_BATCH_ITEMS, MAX_JSON_DEPTH
 
 # Limits msgspec's annotations cannot say, by field name (the names differ between kinds).
 _CHECKS = {**FIELD_CHECKS, **AUDIT_FIELD_CHECKS}

@@ -26,7 +26,7 @@ Per backend, each phase on its own database:
    what ingest acknowledges when the flusher's pace does not count. The
    handler's in-process CPU per body is printed for both kinds.
 2. Fill. --events events (default 1,000,000) written straight into the
-   sink's database with the flusher's own code: core.audit_records.complete,
+   sink's database with the flusher's own code: persistence_api.audit.complete,
    plugins.tables.AUDIT_TABLE.to_row, Sink.write([TableRows(AUDIT_TABLE,
    rows)]) in batches of 1000 (one transaction each), before the service
    starts. occurred_at spreads the events over the 90 days before the run.
@@ -88,7 +88,7 @@ import httpx
 import msgspec
 import pymysql
 
-from core.audit_records import AuditEvent, complete
+from persistence_api.audit import AuditEvent, complete
 from core.settings import SinkSettings
 from core.times import from_us, iso_z, now_us
 from loadtests.bodies import PLACEHOLDER, SESSIONS_PATH, TASKS_PATH, sessions_body, session_ids, task_record

@@ -18,9 +18,10 @@ from typing import Any
 
 from msgspec import Struct
 
-from core.audit_records import AuditEvent
+from persistence_api.audit import AuditEvent
 from core.kinds import AUDIT_EVENTS, SESSIONS, TASKS, RecordKind
-from core.records import JSON_ENCODER, JsonObject, Session, Task
+from core.records import JSON_ENCODER
+from persistence_api.translation import JsonObject, Session, Task
 from core.times import db_text, to_us
 
 Row = tuple

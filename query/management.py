@@ -19,21 +19,8 @@ from core.auth import ScopedRoute
 from core.errors import SessionNotFound
 from core.http import decode_body, error_response, json_response
 from query.openapi_types import Queued
-from core.records import (
-    JSON_ENCODER,
-    KIND_CLEANUP,
-    KIND_DELETE_SESSION,
-    KIND_SET_SESSION_STATUS,
-    Cleanup,
-    CleanupCommand,
-    CommandFailed,
-    CommandNotFound,
-    CommandResult,
-    DeleteSession,
-    SessionStatus,
-    SetSessionStatus,
-    Superseded,
-)
+from core.records import JSON_ENCODER, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS, CleanupCommand, CommandFailed, CommandNotFound, CommandResult, DeleteSession, SetSessionStatus, Superseded
+from persistence_api.translation import Cleanup, SessionStatus
 from core.settings import Settings, SpoolSettings
 from wal import Spool, SpoolError
 from wal.types import Append

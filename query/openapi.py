@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Struct
 
 from core import VERSION
-from core.file_records import (
+from persistence_api.files import (
     FILENAME_PATTERN,
     CompleteRequest,
     File,
@@ -26,9 +26,9 @@ from core.file_records import (
     PresignRequest,
     UploadRequest,
 )
-from core.audit_records import OUTCOMES, AuditEventBatch, EventPage, EventsAccepted, StoredEvent, VerifyResult
-from core.records import Cleanup, SessionBatch, TaskBatch
-from core.user_records import (
+from persistence_api.audit import OUTCOMES, AuditEventBatch, EventPage, EventsAccepted, StoredEvent, VerifyResult
+from persistence_api.translation import Cleanup, SessionBatch, TaskBatch
+from persistence_api.users import (
     ROLES,
     USER_STATUSES,
     Authenticated,

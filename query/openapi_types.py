@@ -10,50 +10,17 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Raw, Struct, field
 
-from core.health import Buffer, FlusherState, Health  # noqa: F401 (the /health answer, defined once there)
-from core.records import (Accepted, CleanupResult, Deleted, FieldProblem, FlushResult, IsoTime,  # noqa: F401
-                          StatusUpdated)  # the write and command answers, defined there
-from query.views import (ListPage, Performance, RecoveryStatus, SessionCounts,  # noqa: F401 (defined there)
-                         SessionDetail, SessionSummary, SessionTaskPage, Stats, Storage, TaskCounts, TaskView)
+from persistence_api.system import Buffer, FlusherState, Health  # noqa: F401 (the /health answer, defined once there)
+from persistence_api.translation import (  # noqa: F401 (the wire types, defined once there)
+    Accepted, CleanupResult, Deleted, ErrorBody, FieldProblem, FlushResult, IncompleteSessions, IsoTime, ListPage,
+    Performance, Queued, RecoveryStatus, Restored, SessionCounts, SessionDetail, SessionSummary, SessionTaskPage, Stats,
+    StatusUpdated, Storage, TaskCounts, TaskView)
 
 
-class ErrorBody(Struct):
-    """Every error answer. Some carry more keys: session_id, task_id, request_id (500)."""
-    detail: str
-    error_code: str
-    errors: list[FieldProblem] = []
-
-
-# -- writes -------------------------------------------------------------------
-
-# -- reads --------------------------------------------------------------------
-
-# The list pages are query.views' own generic Structs, named here for the document.
+# The list pages are generic Structs (persistence_api.translation), named here for the document.
 SessionList = ListPage[SessionSummary]
 TaskList = ListPage[TaskView]
 SessionTaskList = SessionTaskPage[TaskView]
-
-
-class IncompleteSessions(Struct):
-    count: int
-    sessions: list[SessionSummary]
-
-
-class Restored(Struct):
-    session_id: str
-    session: SessionDetail
-    tasks: list[TaskView]
-    tasks_count: int
-    restored_at: IsoTime
-
-
-# -- management ---------------------------------------------------------------
-
-class Queued(Struct):
-    """202: the command is in the spool; the database did not answer within flush_timeout."""
-    status: Literal["queued"]
-    session_id: str | None
-    detail: str
 
 
 # -- system -------------------------------------------------------------------

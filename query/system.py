@@ -24,8 +24,7 @@ from core.auth import ScopedRoute
 from core.errors import BodyNotJson, FieldError, Invalid
 from core.http import field_error, json_response, read_body
 from core.kinds import KINDS
-from core.records import (JSON_ENCODER, KIND_AUDIT_RETENTION, KIND_CLEANUP, KIND_DELETE_SESSION,
-                          KIND_SET_SESSION_STATUS)
+from core.records import JSON_ENCODER, KIND_AUDIT_RETENTION, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS
 from core.redact import redact
 from core.settings import Settings, SpoolSettings
 from core.times import iso_z

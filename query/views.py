@@ -4,93 +4,19 @@ embedded as they are stored, and the derived session fields of API.md."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, TypeVar, get_args
+from typing import get_args
 
 from msgspec import Raw, Struct
 
-from core.records import IsoTime, SessionStatus, TaskStatus
+from persistence_api.translation import (ListPage, Performance, RecoveryStatus, SessionCounts, SessionDetail, SessionStatus,
+                                         SessionSummary, SessionTaskPage, Stats, Storage, TaskCounts, TaskStatus,
+                                         TaskView)
 from core.times import iso_z, to_us
-
-T = TypeVar("T")
 from plugins.reader import OPEN_STATUSES, RecoveryCounts, StoreStats
 
 SESSION_STATUSES: tuple[str, ...] = get_args(SessionStatus)
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 _MAX_US = to_us(datetime(9999, 12, 31, 23, 59, 59))
-
-
-class SessionSummary(Struct):
-    session_id: str
-    filename: str
-    status: str
-    total_tasks: int
-    completed_tasks: int
-    failed_tasks: int
-    processing_tasks: int
-    pending_tasks: int
-    progress: float
-    created_at: IsoTime
-    updated_at: IsoTime
-
-
-class SessionDetail(Struct):
-    session_id: str
-    filename: str
-    file_path: str
-    status: str
-    llm_provider: str
-    game_info: Raw | None
-    metadata: Raw | None
-    total_tasks: int
-    completed_tasks: int
-    failed_tasks: int
-    processing_tasks: int
-    pending_tasks: int
-    progress: float
-    created_at: IsoTime
-    updated_at: IsoTime
-    estimated_completion: IsoTime | None
-
-
-class TaskView(Struct):
-    task_id: str
-    session_id: str
-    batch_id: str
-    sheet_name: str
-    row_index: int
-    column_name: str
-    source_text: str
-    target_text: str | None
-    context: str | None
-    status: str
-    confidence: float | None
-    error_message: str | None
-    retry_count: int
-    start_time: IsoTime | None
-    end_time: IsoTime | None
-    duration_ms: int | None
-    created_at: IsoTime
-    updated_at: IsoTime
-
-
-class ListPage(Struct, Generic[T]):
-    """A page of a list (sessions, tasks): the one definition, for encoding and for OpenAPI."""
-    total: int
-    page: int
-    page_size: int
-    total_pages: int
-    items: list[T]
-    next_cursor: str | None
-
-
-class SessionTaskPage(Struct, Generic[T]):
-    session_id: str
-    total: int
-    page: int
-    page_size: int
-    total_pages: int
-    items: list[T]
-    next_cursor: str | None
 
 
 def iso(stored: str) -> str:
@@ -158,52 +84,6 @@ def _raw(stored_json: str | None) -> Raw | None:
 
 def total_pages(total: int, page_size: int) -> int:
     return -(-total // page_size)
-
-
-class SessionCounts(Struct):
-    total: int
-    pending: int
-    processing: int
-    completed: int
-    failed: int
-    cancelled: int
-
-
-class TaskCounts(Struct):
-    total: int
-    pending: int
-    processing: int
-    completed: int
-    failed: int
-
-
-class Performance(Struct):
-    average_session_time: float
-    average_task_time: float
-    success_rate: float
-
-
-class Storage(Struct):
-    database_size_mb: float
-    sessions_table_rows: int
-    tasks_table_rows: int
-
-
-class Stats(Struct):
-    sessions: SessionCounts
-    tasks: TaskCounts
-    performance: Performance
-    storage: Storage
-    computed_at: IsoTime  # when these figures were read (a copy up to query.stats_cache seconds old)
-
-
-class RecoveryStatus(Struct):
-    incomplete_sessions: int
-    sessions_by_status: dict[str, int]
-    open_tasks: int
-    tasks_by_status: dict[str, int]
-    checked_at: IsoTime
-
 
 
 def stats_body(stats: StoreStats, computed_us: int) -> Stats:

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from core.auth import ScopedRoute
 from core.errors import ClientError
 from core.http import decode_body, error_response, json_response
-from core.user_records import (
+from persistence_api.users import (
     ROLES,
     USER_STATUSES,
     Authenticated,

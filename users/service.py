@@ -29,7 +29,7 @@ from core import metrics
 from core.errors import ClientError, Conflict, FieldError, Invalid, NotFound, TooManyRequests
 from core.settings import Settings
 from core.times import db_text, iso_z, now_us
-from core.user_records import (
+from persistence_api.users import (
     MAX_METADATA_BYTES,
     MAX_SESSION_DATA_BYTES,
     NewUserSession,

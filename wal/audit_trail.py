@@ -25,7 +25,7 @@ import uuid
 from typing import Any
 
 from core import metrics
-from core.audit_records import AuditEvent, AuditEventBatch
+from persistence_api.audit import AuditEvent, AuditEventBatch
 from core.kinds import AUDIT_EVENTS
 from core.records import JSON_ENCODER
 from core.settings import AuditSettings, SpoolSettings

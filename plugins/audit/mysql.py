@@ -56,7 +56,7 @@ from typing import Any, NamedTuple
 
 import pymysql
 
-from core.audit_records import StoredEvent
+from persistence_api.audit import StoredEvent
 from core.settings import SinkSettings
 from plugins.audit.chain import GENESIS, STORED_COLUMNS, Head, link
 from plugins.audit.store import EXPORT_CHUNK, SELECT_ANSWER, AuditLog, AuditUnavailable, EventFilter, Where, to_event

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
-from core.audit_records import StoredEvent, VerifyResult
+from persistence_api.audit import StoredEvent, VerifyResult
 from core.times import db_text
 from plugins import SinkError
 from plugins.audit.chain import STORED_COLUMNS, Head, Verifier, ms_start

@@ -136,7 +136,7 @@ def test_a_stuck_flusher_makes_health_unhealthy_and_raises_the_metric(service_fa
 
 
 def test_orphans_wait_only_while_the_database_is_reachable(service_factory, tmp_path) -> None:
-    from core.records import Session
+    from persistence_api.translation import Session
     from plugins.tables import SESSION_TABLE, TableRows
     from core.settings import SinkSettings
     from core.times import now_us

@@ -18,7 +18,7 @@ import msgspec
 import pymysql
 import pytest
 
-from core.audit_records import AuditEvent, complete
+from persistence_api.audit import AuditEvent, complete
 from core.settings import SinkSettings
 from core.times import from_us, now_us, to_us
 from plugins import Sink, open_sink

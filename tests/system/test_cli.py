@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from core.records import JSON_ENCODER, KIND_TASKS, Task
+from core.records import JSON_ENCODER, KIND_TASKS
+from persistence_api.translation import Task
 from core.settings import SpoolSettings
 from testkit.service import wait_for
 from tests.system import BAD_ROW_INDEX, allow_large_row_index, make_dead_letters, stored_tasks

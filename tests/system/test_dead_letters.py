@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core.records import JSON_ENCODER, KIND_SESSIONS, KIND_TASKS, Task
+from core.records import JSON_ENCODER, KIND_SESSIONS, KIND_TASKS
+from persistence_api.translation import Task
 from core.settings import SpoolSettings
 from testkit.service import Service, task, wait_for
 from tests.system import BAD_ROW_INDEX, DEAD_LETTERS, allow_large_row_index, make_dead_letters, stored_tasks

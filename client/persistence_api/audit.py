@@ -15,10 +15,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Raw, Struct
+import msgspec
+from msgspec import Meta, Struct
 
-from core.records import JSON_ENCODER, MAX_BATCH_ITEMS, IsoTime, Time, json_problem
-from core.times import from_us, to_us
+from persistence_api.times import from_us, to_us
+from persistence_api.translation import MAX_BATCH_ITEMS, IsoTime, JsonDocument, Time, json_problem
+
+_JSON_ENCODER = msgspec.json.Encoder()
 
 ActorType = Literal["user", "service", "system"]
 Outcome = Literal["success", "failure"]
@@ -79,7 +82,7 @@ def message_problem(value: str | None) -> str | None:
 def details_problem(value: dict[str, Any] | None) -> str | None:
     if value is None:
         return None
-    if len(JSON_ENCODER.encode(value)) > MAX_DETAILS_BYTES:
+    if len(_JSON_ENCODER.encode(value)) > MAX_DETAILS_BYTES:
         return f"is longer than {MAX_DETAILS_BYTES} bytes as JSON"
     return json_problem(value)
 
@@ -125,7 +128,7 @@ class StoredEvent(Struct):
     user_agent: str | None
     request_id: str | None
     message: str | None
-    details: Raw | None  # the stored JSON text, sent on as it is
+    details: JsonDocument  # a JSON object or null; the service sends the stored text on as it is
 
 
 EVENT_FIELDS = tuple(StoredEvent.__struct_fields__)  # the order of API.md, and of the CSV columns

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from core.records import IsoTime, Text36, Text64
+from persistence_api.translation import IsoTime, Text36, Text64
 
 MAX_FILENAME_CHARS = 255
 MAX_CONTENT_TYPE_CHARS = 255

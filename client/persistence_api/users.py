@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from core.records import IsoTime
+from persistence_api.translation import IsoTime
 
 ROLES = ("admin", "translator", "reviewer", "viewer")
 USER_STATUSES = ("active", "disabled")
