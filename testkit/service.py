@@ -113,6 +113,9 @@ class Service:
         return self.folder / "spool.db"
 
     def start(self, wait: bool = True) -> None:
+        """Start the service; again after kill() too (same folder, same ports)."""
+        if self.http.is_closed:
+            self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.ingest_port}", timeout=30)
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "--config", str(self.config), "run"],
