@@ -82,7 +82,7 @@ class AsyncBatchWriter:
         Call it from the loop's thread."""
         self._outbox.add(kind, _ENCODER.encode(record))
         self._ensure_sender()
-        if len(self._outbox.items) >= self.batch_size:
+        if len(self._outbox.items) == self.batch_size:
             assert self._wake is not None
             self._wake.set()
 
@@ -118,7 +118,7 @@ class AsyncBatchWriter:
 
     @property
     def stats(self) -> WriterStats:
-        return WriterStats(**vars(self._outbox.stats))
+        return self._outbox.snapshot()
 
     def _ensure_sender(self) -> None:
         if self._task is None or self._task.done():

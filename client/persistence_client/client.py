@@ -159,9 +159,11 @@ class _Area:
 
 
 class Sessions(_Area):
-    def put(self, session: Session | dict[str, Any]) -> None:
-        """Queue a session write (an upsert of the whole record); never waits on the network."""
-        self._c.writer.put(SESSIONS, session)
+    def put(self, session: Session | dict[str, Any], wait: float = 0.0) -> None:
+        """Queue a session write (an upsert of the whole record); never waits on
+        the network. `wait`: seconds to wait for room when max_queue records
+        wait already (then QueueFull)."""
+        self._c.writer.put(SESSIONS, session, wait)
 
     def get(self, session_id: str) -> SessionDetail:
         return self._c.run(calls.get_session(session_id))
@@ -186,9 +188,9 @@ class Sessions(_Area):
 
 
 class Tasks(_Area):
-    def put(self, task: Task | dict[str, Any]) -> None:
+    def put(self, task: Task | dict[str, Any], wait: float = 0.0) -> None:
         """Queue a task write; never waits on the network."""
-        self._c.writer.put(TASKS, task)
+        self._c.writer.put(TASKS, task, wait)
 
     def get(self, task_id: str) -> TaskView:
         return self._c.run(calls.get_task(task_id))
@@ -354,10 +356,10 @@ class UserSessions(_Area):
 
 
 class Audit(_Area):
-    def put(self, event: AuditEvent | dict[str, Any]) -> None:
+    def put(self, event: AuditEvent | dict[str, Any], wait: float = 0.0) -> None:
         """Queue an event; its event_id and occurred_at are filled in now if
         absent, so a batch sent twice stores it once."""
-        self._c.writer.put(EVENTS, calls.complete_event(event))
+        self._c.writer.put(EVENTS, calls.complete_event(event), wait)
 
     def search(self, q: str | None = None, **filters: Any) -> Iterator[StoredEvent]:
         """Newest first; filters: actor_id, action, resource_type, resource_id,

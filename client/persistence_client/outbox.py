@@ -11,7 +11,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -23,8 +23,7 @@ from persistence_client.protocol import KINDS, RETRY_STATUSES, Backoff, Kind, ba
 logger = logging.getLogger("persistence_client")
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):  # a tuple: made once per put, so cheap to make matters
     seq: int
     kind: Kind
     payload: bytes  # the record's JSON, encoded at put()
@@ -68,23 +67,31 @@ class Outbox:
     oldest_at: float | None = None  # monotonic time the oldest queued record was put
     closed: bool = False
 
+    def snapshot(self) -> WriterStats:
+        """The counters, with put and queued as of now."""
+        put = self.next_seq - 1
+        return WriterStats(put=put, acknowledged=self.stats.acknowledged, rejected=self.stats.rejected,
+                           retries=self.stats.retries, requests=self.stats.requests,
+                           queued=put - self.acked_seq)
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) + self.in_flight >= self.max_queue
+
     def add(self, kind: Kind, payload: bytes) -> int:
+        # Runs once per put(): kept to a few operations.
+        items = self.items
         if self.closed:
             raise WriterClosed("the writer is closed; the record was not taken")
-        if len(self.items) + self.in_flight >= self.max_queue:
+        if len(items) + self.in_flight >= self.max_queue:
             raise QueueFull(f"{self.max_queue} records wait to be acknowledged (max_queue); the record was not "
                             "taken: the service is slow or unreachable")
         row = self.buffer.append(kind.code, payload) if self.buffer is not None else None
-        return self._enqueue(kind, payload, row)
-
-    def _enqueue(self, kind: Kind, payload: bytes, row: int | None) -> int:
         seq = self.next_seq
-        self.next_seq += 1
-        if not self.items:
+        self.next_seq = seq + 1
+        if not items:
             self.oldest_at = time.monotonic()
-        self.items.append(Item(seq, kind, payload, row))
-        self.stats.put += 1
-        self.stats.queued += 1
+        items.append(Item(seq, kind, payload, row))
         return seq
 
     def adopt(self) -> int:
@@ -93,7 +100,10 @@ class Outbox:
             return 0
         count = 0
         for code, payload, row in self.buffer.adopt_orphans():
-            self._enqueue(KINDS[code], payload, row)
+            if not self.items:
+                self.oldest_at = time.monotonic()
+            self.items.append(Item(self.next_seq, KINDS[code], payload, row))
+            self.next_seq += 1
             count += 1
         return count
 
@@ -117,7 +127,6 @@ class Outbox:
         self.acked_seq = chunk[-1].seq
         self.stats.acknowledged += acknowledged
         self.stats.rejected += rejected
-        self.stats.queued -= len(chunk)
         rows = [item.row for item in chunk if item.row is not None]
         if self.buffer is not None and rows:
             self.buffer.remove_through(max(rows))

@@ -61,15 +61,20 @@ class BatchWriter:
 
     # -- the caller's side ----------------------------------------------------
 
-    def put(self, kind: Kind, record: Any) -> None:
+    def put(self, kind: Kind, record: Any, wait: float = 0.0) -> None:
         """Queue one record (a Struct of persistence_api, or a dict of its
-        fields); raises QueueFull or WriterClosed rather than drop it."""
+        fields). With max_queue records waiting, wait up to `wait` seconds
+        for room, then raise QueueFull (WriterClosed after close()) rather
+        than drop it."""
         payload = _ENCODER.encode(record)
         with self._cond:
-            self._outbox.add(kind, payload)
+            outbox = self._outbox
+            if wait > 0 and outbox.full:
+                self._cond.wait_for(lambda: not outbox.full or outbox.closed, wait)
+            outbox.add(kind, payload)
             if self._thread is None:
                 self._start()
-            if len(self._outbox.items) >= self.batch_size:
+            if len(outbox.items) == self.batch_size:  # a full batch: wake the sender if it waits
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> None:
@@ -111,7 +116,7 @@ class BatchWriter:
     @property
     def stats(self) -> WriterStats:
         with self._cond:
-            return WriterStats(**vars(self._outbox.stats))
+            return self._outbox.snapshot()
 
     # -- the sending thread ---------------------------------------------------
 
