@@ -145,6 +145,14 @@ class AsyncBatchWriter:
             except _GiveUp:
                 self._outbox.give_back(chunk)
                 return
+            except Exception:  # a bug here must not lose the chunk or stop the sending
+                logger.exception("the writer failed to send %d records; they stay first in line", len(chunk))
+                self._outbox.give_back(chunk)
+                try:
+                    await self._pause(1.0)
+                except _GiveUp:
+                    return
+                continue
             self._outbox.done(chunk, acknowledged, rejected)
             async with self._acked:
                 self._acked.notify_all()

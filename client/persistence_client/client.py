@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -52,6 +53,7 @@ class PersistenceClient:
         self._read_retries = read_retries
         self._backoff = backoff or Backoff()
         self._client: httpx.Client | None = None
+        self._client_lock = threading.Lock()
         self._pid = os.getpid()
         self.writer = BatchWriter(self._http, batch_size=batch_size, flush_interval=flush_interval,
                                   max_queue=max_queue, disk_buffer=disk_buffer, on_rejected=on_rejected,
@@ -103,10 +105,17 @@ class PersistenceClient:
     def _http(self) -> httpx.Client:
         """This process's connection pool: after fork() the child makes its own
         (sockets shared with the parent would mix two conversations)."""
-        if self._client is None or self._pid != os.getpid():
-            self._client = httpx.Client(base_url=self.base_url, headers=self._headers, timeout=self._timeout)
-            self._pid = os.getpid()
-        return self._client
+        client = self._client
+        if client is None or self._pid != os.getpid():
+            if self._pid != os.getpid():
+                self._client_lock = threading.Lock()  # the parent's may have been held at fork()
+            with self._client_lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client = httpx.Client(base_url=self.base_url, headers=self._headers,
+                                                timeout=self._timeout)
+                    self._pid = os.getpid()
+                client = self._client
+        return client
 
     def run(self, call: Call[T], *, content: Any = None, retries: int | None = None) -> T:
         """Send one request and decode its answer; a GET is tried again on a

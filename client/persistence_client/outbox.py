@@ -138,6 +138,15 @@ class Outbox:
         self.items.extendleft(reversed(chunk))
 
 
+def report(on_rejected: Callable[[Rejected], None], rejected: Rejected) -> None:
+    """The caller's callback; its failure is logged, never lets the records come back."""
+    try:
+        on_rejected(rejected)
+    except Exception:
+        logger.exception("on_rejected failed; the rejected records were:")
+        log_rejected(rejected)
+
+
 def by_kind(chunk: list[Item]) -> list[tuple[Kind, list[Item]]]:
     """One batch per kind, each in put order (kinds are independent at the service)."""
     groups: dict[int, list[Item]] = {}
@@ -155,7 +164,7 @@ def split_rejected(kind: Kind, items: list[Item], error: ApiError,
         bad = set(range(len(items)))
     problems = error.errors
     records = [msgspec.json.decode(items[i].payload) for i in sorted(bad)]
-    on_rejected(Rejected(kind.key, records, error, problems))
+    report(on_rejected, Rejected(kind.key, records, error, problems))
     return [item for i, item in enumerate(items) if i not in bad]
 
 
@@ -208,7 +217,7 @@ class Delivery:
             return None if not self.parts else 0.0
         if status == 413:
             if len(part) == 1:
-                self.on_rejected(Rejected(self.kind.key, [msgspec.json.decode(part[0].payload)], error, []))
+                report(self.on_rejected, Rejected(self.kind.key, [msgspec.json.decode(part[0].payload)], error, []))
                 self.rejected += 1
                 self.parts.popleft()
                 return None if not self.parts else 0.0

@@ -143,6 +143,15 @@ class BatchWriter:
                     self._outbox.give_back(chunk)
                     self._cond.notify_all()
                 return
+            except Exception:  # a bug here must not lose the chunk or stop the sending
+                logger.exception("the writer failed to send %d records; they stay first in line", len(chunk))
+                with self._cond:
+                    self._outbox.give_back(chunk)
+                try:
+                    self._pause(1.0)
+                except _GiveUp:
+                    return
+                continue
             with self._cond:
                 self._outbox.done(chunk, acknowledged, rejected)
                 self._cond.notify_all()

@@ -116,3 +116,17 @@ def test_async_queue_full_and_close_in_time(caplog: pytest.LogCaptureFixture) ->
 
     asyncio.run(scenario())
     assert "5 records unsent" in caplog.text
+
+
+def test_both_clients_offer_the_same_methods() -> None:
+    """Every area of the threaded client has its awaited twin, method for method."""
+    from persistence_client import PersistenceClient
+    threaded = PersistenceClient("http://127.0.0.1:1")
+    awaited = AsyncPersistenceClient("http://127.0.0.1:1")
+    for area in ("sessions", "tasks", "recovery", "files", "users", "user_sessions", "audit"):
+        mine = {name for name in dir(getattr(threaded, area)) if not name.startswith("_")}
+        theirs = {name for name in dir(getattr(awaited, area)) if not name.startswith("_")}
+        assert mine == theirs, area
+    for name in ("flush", "close", "health", "service_stats", "run", "stream", "pages", "stats"):
+        assert hasattr(awaited, name) and hasattr(threaded, name)
+    threaded.close()

@@ -220,6 +220,10 @@ def test_a_full_queue_refuses_loudly_and_close_gives_up_in_time(caplog: pytest.L
         nowhere.tasks.put(a_task(f"{sid}-{row}", sid, row))
     with pytest.raises(QueueFull):
         nowhere.tasks.put(a_task(f"{sid}-10", sid, 10))
+    waited = time.monotonic()
+    with pytest.raises(QueueFull):
+        nowhere.tasks.put(a_task(f"{sid}-10", sid, 10), wait=0.3)  # waits for room, then refuses
+    assert time.monotonic() - waited >= 0.3
     assert nowhere.stats.put == 10 and nowhere.stats.queued == 10
     started = time.monotonic()
     nowhere.close(timeout=0.5)
