@@ -4,6 +4,7 @@ nothing of the service."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,11 @@ print("service modules:", service)
 
 @pytest.mark.slow
 def test_the_client_installs_alone(tmp_path: Path) -> None:
+    source = tmp_path / "client"  # pip builds in the source folder: build from a copy, not from the repository
+    shutil.copytree(CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(CLIENT)], capture_output=True,
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(source)], capture_output=True,
                          text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
     probe = subprocess.run([str(venv / "bin" / "python"), "-c", PROBE], capture_output=True, text=True, timeout=60,
