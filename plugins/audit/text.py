@@ -16,6 +16,7 @@ fallback for words its indexes cannot serve, and the contract test's oracle).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,8 @@ MAX_WORD_CHARS = 128
 _CJK_RANGES = ((0x1100, 0x11FF), (0x3040, 0x30FF), (0x3130, 0x318F), (0x31F0, 0x31FF), (0x3400, 0x4DBF),
                (0x4E00, 0x9FFF), (0xA960, 0xA97F), (0xAC00, 0xD7AF), (0xD7B0, 0xD7FF), (0xF900, 0xFAFF),
                (0xFF66, 0xFF9F), (0x20000, 0x3FFFF))
+
+_CJK_RUN = re.compile("[" + "".join(f"{chr(low)}-{chr(high)}" for low, high in _CJK_RANGES) + "]+")
 
 
 def is_cjk(char: str) -> bool:
@@ -103,22 +106,14 @@ def cjk_bigrams(text: str) -> str:
     """The text with every CJK run written as its overlapping two-character
     pairs, separated by spaces (a run of one character stays as it is); other
     text unchanged. Indexed by a word tokenizer, a two-character CJK word
-    is then one token."""
-    out: list[str] = []
-    run: list[str] = []
+    is then one token. The runs are found by a regular expression: the
+    character-by-character loop it replaced was 44 of the ~100 µs the SQLite
+    sink spent per event."""
+    return _CJK_RUN.sub(_pairs, text)
 
-    def close_run() -> None:
-        if len(run) == 1:
-            out.append(f" {run[0]} ")
-        elif run:
-            out.append(" " + " ".join(run[i] + run[i + 1] for i in range(len(run) - 1)) + " ")
-        run.clear()
 
-    for char in text:
-        if is_cjk(char):
-            run.append(char)
-        else:
-            close_run()
-            out.append(char)
-    close_run()
-    return "".join(out)
+def _pairs(run: re.Match[str]) -> str:
+    chars = run.group()
+    if len(chars) == 1:
+        return f" {chars} "
+    return " " + " ".join([chars[i:i + 2] for i in range(len(chars) - 1)]) + " "
