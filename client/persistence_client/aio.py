@@ -5,10 +5,12 @@ same batching writer on a task of the running loop instead of a thread.
         client.tasks.put(Task(...))      # plain call: queues, never waits
         await client.flush()
 
-Leaving the `async with` (or `await client.close()`) sends what is queued:
-at interpreter exit the loop is usually gone, so unlike the threaded writer
-this one cannot flush then; what it still holds is logged, and stays in the
-disk buffer when there is one.
+Leaving the `async with` (or `await client.close()`) sends what is queued;
+if the program ends without that, the loop it ran on is usually closed, so
+at exit the writer sends what it still holds on a loop of its own, for up to
+exit_timeout seconds, with new connections (the old ones belonged to the
+closed loop). What is still unsent then is logged, and stays in the disk
+buffer when there is one.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class AsyncBatchWriter:
     def __init__(self, http: Callable[[], httpx.AsyncClient], *, batch_size: int = 1000,
                  flush_interval: float = 0.2, max_queue: int = 100_000,
                  disk_buffer: str | os.PathLike[str] | None = None,
-                 on_rejected: Callable[[Rejected], None] = log_rejected, backoff: Backoff | None = None) -> None:
+                 on_rejected: Callable[[Rejected], None] = log_rejected, backoff: Backoff | None = None,
+                 exit_timeout: float = 10.0, reconnect: Callable[[], None] = lambda: None) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be 1..1000 (the service's batch limit)")
         self._http = http
@@ -65,6 +68,8 @@ class AsyncBatchWriter:
         self.disk_buffer = Path(disk_buffer) if disk_buffer is not None else None
         self.on_rejected = on_rejected
         self.backoff = backoff or Backoff()
+        self.exit_timeout = exit_timeout
+        self._reconnect = reconnect  # forget connections made on a loop that is gone
         self._reset()
         _WRITERS.add(self)
 
@@ -184,6 +189,15 @@ class AsyncBatchWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), left)
 
+    async def _close_on_a_new_loop(self) -> None:
+        if self._outbox.chunk:
+            self._outbox.give_back(self._outbox.chunk)
+        self._task = None
+        self._reconnect()
+        self._outbox.closed = False
+        self._ensure_sender()
+        await self.close(self.exit_timeout)
+
     def _after_fork_in_child(self) -> None:
         if self._outbox.buffer is not None:
             self._outbox.buffer.forget_after_fork()
@@ -194,13 +208,17 @@ class _GiveUp(Exception):
     pass
 
 
-def _report_unsent_at_exit() -> None:
+def _flush_at_exit() -> None:
+    """Writers never closed: send what they hold on a new loop (their own is
+    closed by now), with the chunk a dead sender was sending first in line."""
     for writer in list(_WRITERS):
-        unsent = len(writer._outbox.items) + writer._outbox.in_flight
-        if unsent and not writer._outbox.closed:
-            where = f"; they stay in {writer.disk_buffer}" if writer.disk_buffer else " and are lost"
-            logger.error("exiting with %d records of an AsyncPersistenceClient unsent (it was not closed)%s",
-                         unsent, where)
+        outbox = writer._outbox
+        if outbox.closed or not (outbox.items or outbox.chunk):
+            continue
+        try:
+            asyncio.run(writer._close_on_a_new_loop())
+        except Exception:  # at exit: say what happened rather than a traceback into nothing
+            logger.exception("sending at exit failed; %d records unsent", len(outbox.items) + outbox.in_flight)
 
 
 def _after_fork_in_child() -> None:
@@ -208,7 +226,7 @@ def _after_fork_in_child() -> None:
         writer._after_fork_in_child()
 
 
-atexit.register(_report_unsent_at_exit)
+atexit.register(_flush_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
@@ -216,8 +234,8 @@ class AsyncPersistenceClient:
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 30.0,
                  batch_size: int = 1000, flush_interval: float = 0.2, max_queue: int = 100_000,
                  disk_buffer: str | os.PathLike[str] | None = None,
-                 on_rejected: Callable[[Rejected], None] = log_rejected, read_retries: int = 2,
-                 backoff: Backoff | None = None) -> None:
+                 on_rejected: Callable[[Rejected], None] = log_rejected, exit_timeout: float = 10.0,
+                 read_retries: int = 2, backoff: Backoff | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"x-api-key": api_key} if api_key else {}
         self._timeout = timeout
@@ -227,7 +245,8 @@ class AsyncPersistenceClient:
         self._pid = os.getpid()
         self.writer = AsyncBatchWriter(self._http, batch_size=batch_size, flush_interval=flush_interval,
                                        max_queue=max_queue, disk_buffer=disk_buffer, on_rejected=on_rejected,
-                                       backoff=self._backoff)
+                                       backoff=self._backoff, exit_timeout=exit_timeout,
+                                       reconnect=self._forget_connection)
         self.sessions = Sessions(self)
         self.tasks = Tasks(self)
         self.recovery = Recovery(self)
@@ -263,6 +282,9 @@ class AsyncPersistenceClient:
 
     async def service_stats(self) -> Stats:
         return await self.run(calls.stats())
+
+    def _forget_connection(self) -> None:
+        self._client = None  # its loop is closed: neither usable nor closable
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None or self._pid != os.getpid():

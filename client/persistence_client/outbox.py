@@ -64,6 +64,7 @@ class Outbox:
     next_seq: int = 1
     acked_seq: int = 0  # every record numbered up to here is acknowledged or rejected
     in_flight: int = 0
+    chunk: list[Item] = field(default_factory=list)  # the one being sent, until done or given back
     oldest_at: float | None = None  # monotonic time the oldest queued record was put
     closed: bool = False
 
@@ -119,11 +120,13 @@ class Outbox:
     def take(self, batch_size: int) -> list[Item]:
         chunk = [self.items.popleft() for _ in range(min(batch_size, len(self.items)))]
         self.in_flight = len(chunk)
+        self.chunk = chunk
         self.oldest_at = time.monotonic() if self.items else None
         return chunk
 
     def done(self, chunk: list[Item], acknowledged: int, rejected: int) -> None:
         self.in_flight = 0
+        self.chunk = []
         self.acked_seq = chunk[-1].seq
         self.stats.acknowledged += acknowledged
         self.stats.rejected += rejected
@@ -135,6 +138,7 @@ class Outbox:
         """A chunk not sent when the writer stopped: it stays first in line
         (and in the disk buffer, for the next process)."""
         self.in_flight = 0
+        self.chunk = []
         self.items.extendleft(reversed(chunk))
 
 

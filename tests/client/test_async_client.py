@@ -130,3 +130,33 @@ def test_both_clients_offer_the_same_methods() -> None:
     for name in ("flush", "close", "health", "service_stats", "run", "stream", "pages", "stats"):
         assert hasattr(awaited, name) and hasattr(threaded, name)
     threaded.close()
+
+
+ASYNC_EXITING_BACKEND = """
+import asyncio, sys
+from persistence_client import AsyncPersistenceClient
+from tests.client.conftest import a_session, a_task
+
+async def main() -> None:
+    client = AsyncPersistenceClient(sys.argv[1], flush_interval=3600)
+    client.sessions.put(a_session(sys.argv[2]))
+    for row in range(300):
+        client.tasks.put(a_task(f"{sys.argv[2]}-{row}", sys.argv[2], row))
+    # neither flush() nor close(): asyncio.run closes the loop, then the interpreter exits
+
+asyncio.run(main())
+"""
+
+
+def test_async_records_are_sent_at_interpreter_exit(shared_service: Service) -> None:
+    import subprocess
+    import sys
+    from persistence_client import PersistenceClient
+    sid = new_id("s")
+    done = subprocess.run([sys.executable, "-c", ASYNC_EXITING_BACKEND, base_url(shared_service), sid],
+                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    reader = PersistenceClient(base_url(shared_service))
+    reader.flush(stored=True)
+    assert sum(1 for _ in reader.sessions.tasks(sid)) == 300
+    reader.close()
