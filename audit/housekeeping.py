@@ -13,13 +13,19 @@ from query.read_threads import ReadThreads
 
 logger = logging.getLogger(__name__)
 MEASURE_EVERY_S = 30.0
+# The index's size reads every block of the SQLite search tables (0.3-0.7 s per
+# query worker at 1M events, docs/BENCHMARKS.md) and changes slowly: every 20th round.
+INDEX_EVERY_ROUNDS = 20
 
 
 async def housekeeping(log: AuditLog, threads: ReadThreads) -> None:
+    rounds = 0
     while True:
         try:
             metrics.AUDIT_EVENTS_STORED.set(await threads.run(log.count))
-            metrics.AUDIT_INDEX_BYTES.set(await threads.run(log.index_bytes))
+            if rounds % INDEX_EVERY_ROUNDS == 0:
+                metrics.AUDIT_INDEX_BYTES.set(await threads.run(log.index_bytes))
+            rounds += 1
         except SinkError as exc:  # the database is away (or the tables not made yet): measured next time
             logger.debug("audit log not measured: %s", exc)
         await asyncio.sleep(MEASURE_EVERY_S)
