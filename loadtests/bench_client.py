@@ -12,6 +12,8 @@ hits them all alike; the figures are the medians.
 - `client`: PersistenceClient, `client.tasks.put(task)` of Task Structs
   (msgspec.structs.replace of a template per update), then `flush()`;
 - `client-dict`: the same with plain dicts;
+- `client-coalesce`: as `client` with `coalesce=True` (an update still queued
+  is replaced by a later one of the same task): shown, not a goal;
 - `urllib3`: what a backend writes by hand: dicts, `json.dumps` of 100-task
   batches, urllib3 POST, waiting out 429/503 by Retry-After.
 
@@ -57,11 +59,11 @@ def update(number: int, keys: int, base: dict[str, Any]) -> dict[str, Any]:
 
 # -- the variants (each runs in its own process) -----------------------------------
 
-def run_client(url: str, rows: int, keys: int, as_dicts: bool) -> dict[str, Any]:
+def run_client(url: str, rows: int, keys: int, as_dicts: bool, coalesce: bool = False) -> dict[str, Any]:
     from persistence_client import PersistenceClient
     bases = templates()
     structs = [msgspec.convert(b, Task) for b in bases]
-    client = PersistenceClient(url)
+    client = PersistenceClient(url, coalesce=coalesce)
     started, cpu = time.perf_counter(), _cpu()
     if as_dicts:
         for n in range(rows):
@@ -75,8 +77,9 @@ def run_client(url: str, rows: int, keys: int, as_dicts: bool) -> dict[str, Any]
     elapsed, used = time.perf_counter() - started, _cpu() - cpu
     stats = client.stats
     client.close()
-    assert stats.acknowledged == rows, stats
-    return {"rows": rows, "seconds": elapsed, "cpu": used, "requests": stats.requests, "retries": stats.retries}
+    assert stats.acknowledged + stats.coalesced == rows, stats
+    return {"rows": rows, "seconds": elapsed, "cpu": used, "requests": stats.requests, "retries": stats.retries,
+            "coalesced": stats.coalesced}
 
 
 def run_urllib3(url: str, rows: int, keys: int) -> dict[str, Any]:
@@ -108,7 +111,7 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-VARIANTS = ("urllib3", "client", "client-dict")
+VARIANTS = ("urllib3", "client", "client-dict", "client-coalesce")
 
 
 def one_run(variant: str, url: str, rows: int, keys: int) -> dict[str, Any]:
@@ -131,7 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.run:
         figures = (run_urllib3(args.url, args.rows, args.keys) if args.run == "urllib3"
-                   else run_client(args.url, args.rows, args.keys, as_dicts=args.run == "client-dict"))
+                   else run_client(args.url, args.rows, args.keys, as_dicts=args.run == "client-dict",
+                                   coalesce=args.run == "client-coalesce"))
         print(json.dumps(figures))
         return
 
@@ -156,7 +160,9 @@ def main() -> None:
                 results[variant].append(figures)
                 print(f"  round {round_number + 1} {variant:<12} {figures['rows'] / figures['seconds']:>9,.0f} rows/s"
                       f"  {1000 * figures['cpu'] / figures['rows'] * 1000:6.1f} ms CPU/1000 rows"
-                      f"  {figures['requests']:,} requests, {figures['retries']} sent again", flush=True)
+                      f"  {figures['requests']:,} requests, {figures['retries']} sent again"
+                      + (f", {figures['coalesced']:,} replaced before sending" if figures.get("coalesced") else ""),
+                      flush=True)
                 drained = time.perf_counter()
                 if not service.flush_all(timeout=600):
                     raise RuntimeError("the spool did not drain in 10 min")

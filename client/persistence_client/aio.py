@@ -41,7 +41,8 @@ from persistence_client import calls
 from persistence_client.client import _CHUNK, Source, _body, _measure, _RestoreHead, _RestoreTail, _sink
 from persistence_client.disk_buffer import DiskBuffer
 from persistence_client.errors import FlushTimeout, TransportError, api_error
-from persistence_client.outbox import Delivery, Item, Outbox, Rejected, WriterStats, by_kind, log_rejected
+from persistence_client.outbox import (Delivery, Item, Outbox, Rejected, WriterStats, by_kind, log_rejected,
+                                       record_key)
 from persistence_client.protocol import EVENTS, RETRY_STATUSES, SESSIONS, TASKS, Backoff, Call, Kind
 from persistence_client.streams import ArrayItems
 
@@ -58,7 +59,8 @@ class AsyncBatchWriter:
                  flush_interval: float = 0.2, max_queue: int = 100_000,
                  disk_buffer: str | os.PathLike[str] | None = None,
                  on_rejected: Callable[[Rejected], None] = log_rejected, backoff: Backoff | None = None,
-                 exit_timeout: float = 10.0, reconnect: Callable[[], None] = lambda: None) -> None:
+                 exit_timeout: float = 10.0, coalesce: bool = False,
+                 reconnect: Callable[[], None] = lambda: None) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be 1..1000 (the service's batch limit)")
         self._http = http
@@ -69,6 +71,7 @@ class AsyncBatchWriter:
         self.on_rejected = on_rejected
         self.backoff = backoff or Backoff()
         self.exit_timeout = exit_timeout
+        self.coalesce = coalesce
         self._reconnect = reconnect  # forget connections made on a loop that is gone
         self._reset()
         _WRITERS.add(self)
@@ -85,7 +88,7 @@ class AsyncBatchWriter:
     def put(self, kind: Kind, record: Any) -> None:
         """Queue one record; raises QueueFull or WriterClosed rather than drop it.
         Call it from the loop's thread."""
-        self._outbox.add(kind, _ENCODER.encode(record))
+        self._outbox.add(kind, _ENCODER.encode(record), record_key(kind, record) if self.coalesce else None)
         self._ensure_sender()
         if len(self._outbox.items) == self.batch_size:
             assert self._wake is not None
@@ -144,9 +147,9 @@ class AsyncBatchWriter:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
-            chunk = self._outbox.take(self.batch_size)
+            chunk, sendable = self._outbox.take(self.batch_size)
             try:
-                acknowledged, rejected = await self._send(chunk)
+                acknowledged, rejected = await self._send(sendable)
             except _GiveUp:
                 self._outbox.give_back(chunk)
                 return
@@ -235,6 +238,7 @@ class AsyncPersistenceClient:
                  batch_size: int = 1000, flush_interval: float = 0.2, max_queue: int = 100_000,
                  disk_buffer: str | os.PathLike[str] | None = None,
                  on_rejected: Callable[[Rejected], None] = log_rejected, exit_timeout: float = 10.0,
+                 coalesce: bool = False,
                  read_retries: int = 2, backoff: Backoff | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"x-api-key": api_key} if api_key else {}
@@ -245,7 +249,7 @@ class AsyncPersistenceClient:
         self._pid = os.getpid()
         self.writer = AsyncBatchWriter(self._http, batch_size=batch_size, flush_interval=flush_interval,
                                        max_queue=max_queue, disk_buffer=disk_buffer, on_rejected=on_rejected,
-                                       backoff=self._backoff, exit_timeout=exit_timeout,
+                                       backoff=self._backoff, exit_timeout=exit_timeout, coalesce=coalesce,
                                        reconnect=self._forget_connection)
         self.sessions = Sessions(self)
         self.tasks = Tasks(self)

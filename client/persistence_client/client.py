@@ -46,6 +46,7 @@ class PersistenceClient:
                  batch_size: int = 1000, flush_interval: float = 0.2, max_queue: int = 100_000,
                  disk_buffer: str | os.PathLike[str] | None = None,
                  on_rejected: Callable[[Rejected], None] = log_rejected, exit_timeout: float = 10.0,
+                 coalesce: bool = False,
                  read_retries: int = 2, backoff: Backoff | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"x-api-key": api_key} if api_key else {}
@@ -57,7 +58,7 @@ class PersistenceClient:
         self._pid = os.getpid()
         self.writer = BatchWriter(self._http, batch_size=batch_size, flush_interval=flush_interval,
                                   max_queue=max_queue, disk_buffer=disk_buffer, on_rejected=on_rejected,
-                                  backoff=self._backoff, exit_timeout=exit_timeout)
+                                  backoff=self._backoff, exit_timeout=exit_timeout, coalesce=coalesce)
         self.sessions = Sessions(self)
         self.tasks = Tasks(self)
         self.recovery = Recovery(self)

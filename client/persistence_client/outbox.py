@@ -28,6 +28,7 @@ class Item(NamedTuple):  # a tuple: made once per put, so cheap to make matters
     kind: Kind
     payload: bytes  # the record's JSON, encoded at put()
     row: int | None  # its row in the disk buffer
+    key: str | None = None  # with coalescing: the record's key
 
 
 @dataclass
@@ -48,6 +49,7 @@ class WriterStats:
     retries: int = 0  # batches sent again after an error
     requests: int = 0
     queued: int = 0  # put, neither acknowledged nor rejected yet
+    coalesced: int = 0  # not sent: a later put of the same key replaced them before they left
 
 
 def log_rejected(rejected: Rejected) -> None:
@@ -65,6 +67,7 @@ class Outbox:
     acked_seq: int = 0  # every record numbered up to here is acknowledged or rejected
     in_flight: int = 0
     chunk: list[Item] = field(default_factory=list)  # the one being sent, until done or given back
+    latest: dict[tuple[int, str], int] = field(default_factory=dict)  # with coalescing: key -> newest seq queued
     oldest_at: float | None = None  # monotonic time the oldest queued record was put
     closed: bool = False
 
@@ -73,13 +76,13 @@ class Outbox:
         put = self.next_seq - 1
         return WriterStats(put=put, acknowledged=self.stats.acknowledged, rejected=self.stats.rejected,
                            retries=self.stats.retries, requests=self.stats.requests,
-                           queued=put - self.acked_seq)
+                           queued=put - self.acked_seq, coalesced=self.stats.coalesced)
 
     @property
     def full(self) -> bool:
         return len(self.items) + self.in_flight >= self.max_queue
 
-    def add(self, kind: Kind, payload: bytes) -> int:
+    def add(self, kind: Kind, payload: bytes, key: str | None = None) -> int:
         # Runs once per put(): kept to a few operations.
         items = self.items
         if self.closed:
@@ -92,7 +95,9 @@ class Outbox:
         self.next_seq = seq + 1
         if not items:
             self.oldest_at = time.monotonic()
-        items.append(Item(seq, kind, payload, row))
+        items.append(Item(seq, kind, payload, row, key))
+        if key is not None:
+            self.latest[(kind.code, key)] = seq
         return seq
 
     def adopt(self) -> int:
@@ -117,12 +122,27 @@ class Outbox:
         assert self.oldest_at is not None
         return max(0.0, self.oldest_at + flush_interval - time.monotonic())
 
-    def take(self, batch_size: int) -> list[Item]:
+    def take(self, batch_size: int) -> tuple[list[Item], list[Item]]:
+        """The next chunk, and those of its records to send: with coalescing,
+        a record whose key was put again later stays behind (the later write
+        replaces it whole at the service anyway)."""
         chunk = [self.items.popleft() for _ in range(min(batch_size, len(self.items)))]
         self.in_flight = len(chunk)
         self.chunk = chunk
         self.oldest_at = time.monotonic() if self.items else None
-        return chunk
+        if not self.latest:
+            return chunk, chunk
+        sendable = []
+        for item in chunk:
+            if item.key is not None:
+                ident = (item.kind.code, item.key)
+                newest = self.latest.get(ident, item.seq)
+                if newest > item.seq:
+                    self.stats.coalesced += 1
+                    continue
+                self.latest.pop(ident, None)
+            sendable.append(item)
+        return chunk, sendable
 
     def done(self, chunk: list[Item], acknowledged: int, rejected: int) -> None:
         self.in_flight = 0
@@ -140,6 +160,14 @@ class Outbox:
         self.in_flight = 0
         self.chunk = []
         self.items.extendleft(reversed(chunk))
+
+
+def record_key(kind: Kind, record: Any) -> str | None:
+    """The record's key, for coalescing (None for appended kinds: every event is sent)."""
+    if kind.key_field is None:
+        return None
+    value = record.get(kind.key_field) if isinstance(record, dict) else getattr(record, kind.key_field, None)
+    return value if isinstance(value, str) else None
 
 
 def report(on_rejected: Callable[[Rejected], None], rejected: Rejected) -> None:

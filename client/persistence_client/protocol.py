@@ -91,11 +91,12 @@ class Kind:
     code: int  # stored in the disk buffer
     path: str
     key: str  # "tasks" in {"tasks": [...]}
+    key_field: str | None  # the record's primary key, when a later write replaces an earlier one
 
 
-SESSIONS = Kind(1, API + "/translation/sessions/batch", "sessions")
-TASKS = Kind(2, API + "/translation/tasks/batch", "tasks")
-EVENTS = Kind(3, API + "/audit/events/batch", "events")
+SESSIONS = Kind(1, API + "/translation/sessions/batch", "sessions", "session_id")
+TASKS = Kind(2, API + "/translation/tasks/batch", "tasks", "task_id")
+EVENTS = Kind(3, API + "/audit/events/batch", "events", None)  # appended, never replaced
 KINDS = {kind.code: kind for kind in (SESSIONS, TASKS, EVENTS)}
 
 

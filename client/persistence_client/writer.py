@@ -24,7 +24,8 @@ import msgspec
 
 from persistence_client.disk_buffer import DiskBuffer
 from persistence_client.errors import FlushTimeout
-from persistence_client.outbox import Delivery, Item, Outbox, Rejected, WriterStats, by_kind, log_rejected
+from persistence_client.outbox import (Delivery, Item, Outbox, Rejected, WriterStats, by_kind, log_rejected,
+                                       record_key)
 from persistence_client.protocol import Backoff, Kind
 
 logger = logging.getLogger("persistence_client")
@@ -36,7 +37,7 @@ class BatchWriter:
     def __init__(self, http: Callable[[], httpx.Client], *, batch_size: int = 1000, flush_interval: float = 0.2,
                  max_queue: int = 100_000, disk_buffer: str | os.PathLike[str] | None = None,
                  on_rejected: Callable[[Rejected], None] = log_rejected, backoff: Backoff | None = None,
-                 exit_timeout: float = 10.0) -> None:
+                 exit_timeout: float = 10.0, coalesce: bool = False) -> None:
         if not 1 <= batch_size <= 1000:
             raise ValueError("batch_size must be 1..1000 (the service's batch limit)")
         self._http = http
@@ -47,6 +48,7 @@ class BatchWriter:
         self.on_rejected = on_rejected
         self.backoff = backoff or Backoff()
         self.exit_timeout = exit_timeout
+        self.coalesce = coalesce
         self._reset()
         _WRITERS.add(self)
 
@@ -71,7 +73,7 @@ class BatchWriter:
             outbox = self._outbox
             if wait > 0 and outbox.full:
                 self._cond.wait_for(lambda: not outbox.full or outbox.closed, wait)
-            outbox.add(kind, payload)
+            outbox.add(kind, payload, record_key(kind, record) if self.coalesce else None)
             if self._thread is None:
                 self._start()
             if len(outbox.items) == self.batch_size:  # a full batch: wake the sender if it waits
@@ -135,9 +137,9 @@ class BatchWriter:
                     if wait is None and self._outbox.closed:
                         return
                     self._cond.wait(wait)
-                chunk = self._outbox.take(self.batch_size)
+                chunk, sendable = self._outbox.take(self.batch_size)
             try:
-                acknowledged, rejected = self._send(chunk)
+                acknowledged, rejected = self._send(sendable)
             except _GiveUp:
                 with self._cond:
                     self._outbox.give_back(chunk)

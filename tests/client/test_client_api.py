@@ -236,3 +236,31 @@ def test_one_client_is_shared_by_threads(client: PersistenceClient) -> None:
         thread.join()
     client.flush(stored=True)
     assert sum(1 for _ in client.sessions.tasks(sid)) == 2000
+
+
+def test_coalescing_sends_only_the_last_queued_write_of_a_key(shared_service: Service) -> None:
+    """coalesce=True: progress updates of one task queued behind each other
+    leave as one write, the last; events are never merged."""
+    client = PersistenceClient(base_url(shared_service), flush_interval=3600, coalesce=True)
+    sid = new_id("s")
+    client.sessions.put(a_session(sid, total_tasks=0))
+    client.sessions.put(a_session(sid, total_tasks=10))
+    for step in range(50):
+        for row in range(10):
+            client.tasks.put(a_task(f"{sid}-{row}", sid, row, retry_count=step,
+                                    status="completed" if step == 49 else "processing"))
+    client.tasks.put({"task_id": f"{sid}-dict", "session_id": sid, "batch_id": "b", "sheet_name": "S",
+                      "row_index": 0, "column_name": "A", "source_text": "x", "status": "pending"})
+    actor = new_id("actor")
+    for _ in range(3):
+        client.audit.put(AuditEvent(actor, "same", "task", "success"))  # three events, three ids
+    client.flush(stored=True)
+    stats = client.stats
+    assert stats.put == 2 + 500 + 1 + 3 and stats.coalesced == 1 + 490
+    assert stats.acknowledged == 1 + 10 + 1 + 3 and stats.queued == 0 and stats.requests == 3
+    assert client.sessions.get(sid).total_tasks == 10
+    tasks = {t.task_id: t for t in client.sessions.tasks(sid)}
+    assert all(tasks[f"{sid}-{row}"].status == "completed" and tasks[f"{sid}-{row}"].retry_count == 49
+               for row in range(10))
+    assert len(list(client.audit.search(actor_id=actor))) == 3
+    client.close()
