@@ -68,6 +68,7 @@ class Outbox:
     in_flight: int = 0
     chunk: list[Item] = field(default_factory=list)  # the one being sent, until done or given back
     latest: dict[tuple[int, str], int] = field(default_factory=dict)  # with coalescing: key -> newest seq queued
+    chunk_coalesced: int = 0  # of the chunk being sent: records left behind (counted once it is done)
     oldest_at: float | None = None  # monotonic time the oldest queued record was put
     closed: bool = False
 
@@ -133,12 +134,13 @@ class Outbox:
         if not self.latest:
             return chunk, chunk
         sendable = []
+        self.chunk_coalesced = 0
         for item in chunk:
             if item.key is not None:
                 ident = (item.kind.code, item.key)
                 newest = self.latest.get(ident, item.seq)
                 if newest > item.seq:
-                    self.stats.coalesced += 1
+                    self.chunk_coalesced += 1
                     continue
                 self.latest.pop(ident, None)
             sendable.append(item)
@@ -148,6 +150,8 @@ class Outbox:
         self.in_flight = 0
         self.chunk = []
         self.acked_seq = chunk[-1].seq
+        self.stats.coalesced += self.chunk_coalesced
+        self.chunk_coalesced = 0
         self.stats.acknowledged += acknowledged
         self.stats.rejected += rejected
         rows = [item.row for item in chunk if item.row is not None]
@@ -159,6 +163,7 @@ class Outbox:
         (and in the disk buffer, for the next process)."""
         self.in_flight = 0
         self.chunk = []
+        self.chunk_coalesced = 0
         self.items.extendleft(reversed(chunk))
 
 
