@@ -10,7 +10,7 @@ from core.logging import setup_logging
 from core.settings import CONFIG_ENV, ConfigError, load_settings
 from core.supervisor import EXIT_FATAL, Supervisor, exec_role
 
-ADMIN_COMMANDS = ("dead-letters", "spool", "status")
+ADMIN_COMMANDS = ("dead-letters", "spool", "status", "backup")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="config file (default: $PS_CONFIG, else ./config.toml)")
     parser.add_argument("command", choices=["run", "ingest", "flusher", "query", *ADMIN_COMMANDS],
                         help="run: everything under one supervisor; ingest|flusher|query: one role; "
-                             "dead-letters list|retry|purge, spool check|salvage, status: see `COMMAND --help`")
+                             "dead-letters list|retry|purge, spool check|salvage, status, "
+                             "backup create|list|verify|restore|prune: see `COMMAND --help`")
     parser.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # an admin command's own
     args = parser.parse_args(argv)
     if args.args and args.command not in ADMIN_COMMANDS:

@@ -65,6 +65,14 @@ AUDIT_EVENTS_STORED = Gauge("persistence_audit_events_stored", "Audit events in 
                             multiprocess_mode="mostrecent")
 AUDIT_INDEX_BYTES = Gauge("persistence_audit_index_bytes", "Size of the audit search index (measured every 10 min).",
                           multiprocess_mode="mostrecent")
+BACKUPS = Counter("persistence_backups_total", "Backups ended, by status (completed or failed).", ["status"])
+BACKUP_LAST_SUCCESS = Gauge("persistence_backup_last_success_timestamp_seconds",
+                            "When the newest completed backup finished (0: none yet).", multiprocess_mode="mostrecent")
+BACKUP_LAST_SIZE = Gauge("persistence_backup_last_size_bytes", "Stored (compressed) size of the newest completed backup.",
+                         multiprocess_mode="mostrecent")
+BACKUPS_KEPT = Gauge("persistence_backups_kept", "Completed backups in the backup store.", multiprocess_mode="mostrecent")
+BACKUP_INTERVAL = Gauge("persistence_backup_interval_seconds", "backup.interval (0: only on request); the alert rule"
+                        " compares the last success's age with it.", multiprocess_mode="mostrecent")
 PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by role.", ["role"],
                    multiprocess_mode="livesum")
 

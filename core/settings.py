@@ -151,6 +151,15 @@ class AuditSettings(Struct, frozen=True, forbid_unknown_fields=True):
     refusals_per_s: Annotated[float, Meta(ge=0)] = 50.0
 
 
+class BackupSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    # Where backups are kept: "" = the files store (files.url) under backups/, else a file:/// or s3:// URL.
+    url: str = ""
+    # A backup is made when the newest completed one is this old (seconds; 0 = only on request).
+    interval: Annotated[float, Meta(ge=0)] = 86400.0
+    keep: Annotated[int, Meta(ge=1, le=10_000)] = 7  # completed backups kept; older ones are deleted
+    compression_level: Annotated[int, Meta(ge=1, le=19)] = 3  # zstd
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     service: ServiceSettings = ServiceSettings()
     ingest: IngestSettings = IngestSettings()
@@ -164,6 +173,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     user_sessions: UserSessionsSettings = UserSessionsSettings()
     cache: CacheSettings = CacheSettings()
     audit: AuditSettings = AuditSettings()
+    backup: BackupSettings = BackupSettings()
     auth: AuthSettings = AuthSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""
@@ -229,8 +239,11 @@ def _resolve_paths(settings: Settings, base: Path, source: str) -> Settings:
     user_sessions = msgspec.structs.replace(settings.user_sessions,
                                             url=_resolve_store_url(settings.user_sessions.url, base))
     _check_cache_url(settings.cache.url)
+    backup = settings.backup
+    if backup.url:
+        backup = msgspec.structs.replace(backup, url=_resolve_files_url(backup.url, base, "backup.url"))
     return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, files=files,
-                                   user_sessions=user_sessions, source=source)
+                                   user_sessions=user_sessions, backup=backup, source=source)
 
 
 def _resolve_store_url(url: str, base: Path) -> str:
@@ -254,21 +267,21 @@ def _resolve_sqlite_url(url: str, base: Path) -> str:
     return prefix + str((base / url[len(prefix):]).resolve())
 
 
-def _resolve_files_url(url: str, base: Path) -> str:
+def _resolve_files_url(url: str, base: Path, name: str = "files.url") -> str:
     """As with sqlite:///: file:///data/files is relative to the config file's
     folder, file:////srv/files absolute. s3:// URLs are checked, not changed."""
     parts = urlsplit(url)
     if parts.scheme == "file":
         path = url[len("file:///"):] if url.startswith("file:///") else ""
         if not path:
-            raise ConfigError("files.url: a file URL names a folder (file:///data/files, file:////srv/files)")
+            raise ConfigError(f"{name}: a file URL names a folder (file:///data/files, file:////srv/files)")
         return "file:///" + str((base / path).resolve()).lstrip("/") if not path.startswith("/") \
             else "file:///" + path.lstrip("/")
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise ConfigError("files.url: an s3 URL names a bucket (s3://bucket/prefix?endpoint=http://host:port)")
+            raise ConfigError(f"{name}: an s3 URL names a bucket (s3://bucket/prefix?endpoint=http://host:port)")
         return url
-    raise ConfigError(f"files.url: unknown scheme {parts.scheme!r} (use file:///path or s3://bucket/prefix)")
+    raise ConfigError(f"{name}: unknown scheme {parts.scheme!r} (use file:///path or s3://bucket/prefix)")
 
 
 def _check_url(url: str) -> None:

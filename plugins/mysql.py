@@ -11,7 +11,7 @@ same transaction.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pymysql
@@ -58,17 +58,21 @@ def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
 UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
 
 
+def connect_params(settings: SinkSettings) -> tuple[str, dict[str, Any]]:
+    """(database, pymysql.connect keyword arguments) of sink.url: the sink's and its backup's."""
+    url = urlsplit(settings.url)
+    return url.path.strip("/"), dict(
+        host=url.hostname or "127.0.0.1", port=url.port or 3306,
+        user=unquote(url.username or "root"), password=unquote(url.password or ""),
+        charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
+        read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
+        client_flag=CLIENT.FOUND_ROWS,  # UPDATE counts matched rows, not changed ones
+    )
+
+
 class MysqlSink:
     def __init__(self, settings: SinkSettings) -> None:
-        url = urlsplit(settings.url)
-        self._database = url.path.strip("/")
-        self._params = dict(
-            host=url.hostname or "127.0.0.1", port=url.port or 3306,
-            user=unquote(url.username or "root"), password=unquote(url.password or ""),
-            charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
-            read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
-            client_flag=CLIENT.FOUND_ROWS,  # UPDATE counts matched rows, not changed ones
-        )
+        self._database, self._params = connect_params(settings)
         self._conn: pymysql.connections.Connection | None = None
         self._max_stmt_bytes = 1024 * 1024
 

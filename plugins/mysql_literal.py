@@ -21,7 +21,7 @@ def _escape(match: re.Match[str]) -> str:
 
 
 def literal(value: object) -> str:
-    """One SQL literal. Rows hold only None, str, int and float."""
+    """One SQL literal. Rows hold only None, str, int, float and (restored backups) bytes."""
     if value.__class__ is str:
         return "'" + (_SUB(_escape, value) if _SEARCH(value) else value) + "'"  # type: ignore[arg-type]
     if value is None:
@@ -32,6 +32,8 @@ def literal(value: object) -> str:
         return str(value)
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, bytes):
+        return "X'" + value.hex() + "'"
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 

@@ -1,5 +1,6 @@
 """Operator commands: `persistence-service dead-letters list|retry|purge`,
-`persistence-service spool check|salvage` and `persistence-service status`. core/cli.py runs this module as
+`persistence-service spool check|salvage`, `persistence-service status` and
+`persistence-service backup ...` (backup/cli.py). core/cli.py runs this module as
 `python -m query.admin ...` (core imports nothing of query), with PS_CONFIG
 naming the config file.
 
@@ -17,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from backup.cli import add_parser as add_backup_parser
+from backup.cli import backup_command
 from core.records import JSON_ENCODER
 from core.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from query import status_view
@@ -52,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="base URL (default: http://<ingest.host>:<ingest.port> of the config)")
     status.add_argument("--watch", action="store_true", help=f"refresh every {status_view.REFRESH_S:g} s until Ctrl-C")
     status.add_argument("--api-key", help="when the service has auth.keys: a key with the read scope")
+    add_backup_parser(commands)
     return parser
 
 
@@ -71,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         return status_view.show_once(url, args.api_key)
     if args.command == "spool":
         return spool_command(args, settings)
+    if args.command == "backup":
+        return backup_command(args, settings)
     return dead_letters_command(args, settings)
 
 

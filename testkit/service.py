@@ -79,6 +79,9 @@ retry_max = 0.5
 [sink]
 url = "{sink_url}"
 connect_timeout = 2.0
+[backup]
+interval = {backup_interval}
+keep = {backup_keep}
 [retention]
 interval = {retention_interval}
 {extra_toml}
@@ -88,7 +91,7 @@ DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
                                 batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0,
                                 body_timeout=30.0, extra_toml="", stats_cache=0.0, stall_after=30.0, max_lag=30.0,
-                                query_workers=0)
+                                query_workers=0, backup_interval=0.0, backup_keep=7)
 
 
 class Service:

@@ -22,6 +22,7 @@ from wal import schema
 from wal.base import LOCK_POLL_S, append_error, is_busy
 from wal.dead_letter_table import DeadLetterTable
 from wal.status import SpoolStatus
+from wal.restoring import unfinished_restore
 from wal.types import (FLUSHER_STALE_US, Append, DrainCommit, HeldTask, SpoolBusy, SpoolCorrupt, SpoolError,
                        SpoolFull, SpoolLagging, Waiting)
 
@@ -37,6 +38,9 @@ class Spool(SpoolStatus, DeadLetterTable):
     def open(cls, settings: SpoolSettings) -> Spool:
         """Open (creating when missing) the spool file named by settings.path."""
         path = Path(settings.path)
+        unfinished = unfinished_restore(path)
+        if unfinished:
+            raise SpoolCorrupt(unfinished)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = sqlite3.connect(path, timeout=settings.busy_timeout, isolation_level=None,

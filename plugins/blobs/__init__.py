@@ -78,6 +78,9 @@ class BlobStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove the object; nothing happens when it is absent."""
 
+    def listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """(key, size) of every finished object whose key starts with prefix, in key order."""
+
     def presign_get(self, key: str, expires_in: int, filename_header: str, content_type: str) -> str | None:
         """A URL that downloads the object without credentials until it
         expires, answering with that Content-Disposition and Content-Type;

@@ -26,6 +26,7 @@ from plugins.blobs import READ_CHUNK_BYTES, BlobMissing, BlobStoreError
 
 TMP = "tmp"
 UPLOADS = "uploads"
+BACKUPS = "backups/"  # backup/parts.py PREFIX
 
 
 def fsync_dir(path: Path) -> None:
@@ -36,7 +37,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """True while the process runs; a zombie (killed, not yet reaped: common
     in containers whose init does not reap) writes nothing more."""
     try:
@@ -142,8 +143,27 @@ class LocalBlobStore:
         return _FileChunks(file, start, end)
 
     def delete(self, key: str) -> None:
+        path = self.path_of(key)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path_of(key))
+            os.unlink(path)
+        # A backup's folder goes with its last object. (Not content folders: a writer may be
+        # about to rename into one it has just made.)
+        if key.startswith(BACKUPS) and path.parent != self.root / BACKUPS.rstrip("/"):
+            with contextlib.suppress(OSError):  # not empty yet, or gone
+                path.parent.rmdir()
+
+    def listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        folder, _, start = prefix.rpartition("/")
+        base = self.path_of(folder) if folder else self.root
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and not key.startswith(TMP + "/") and path.is_file():
+                try:
+                    yield key, path.stat().st_size
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
 
     def presign_get(self, key: str, expires_in: int, filename_header: str, content_type: str) -> str | None:
         return None  # the query process signs with files.signing_secret and serves the bytes
@@ -156,7 +176,7 @@ class LocalBlobStore:
         cutoff = time.time() - older_than_s
         for temp in (self.root / TMP).iterdir():
             pid = temp.name.partition(".")[0]
-            dead = not pid.isdigit() or not _pid_alive(int(pid))
+            dead = not pid.isdigit() or not pid_alive(int(pid))
             if dead or _mtime(temp) < cutoff:
                 removed += _unlink(temp)
         for upload in (self.root / UPLOADS).iterdir():

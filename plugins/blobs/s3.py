@@ -214,6 +214,13 @@ class S3BlobStore:
             url = str(self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in))
         return url, {"Content-Type": content_type}
 
+    def listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._full(prefix))
+        with _s3("list_objects_v2"):
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield self._relative(item["Key"]), int(item["Size"])
+
     def sweep(self, older_than_s: float, is_live: Callable[[str], bool]) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         return self._sweep_uploads(cutoff, is_live) + self._abort_multipart(cutoff)
