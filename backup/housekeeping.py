@@ -34,9 +34,9 @@ def publish(manifests: list[Manifest], interval: float) -> None:
     completed = [m for m in manifests if m.status == "completed"]
     metrics.BACKUP_INTERVAL.set(interval)
     metrics.BACKUPS_KEPT.set(len(completed))
-    if completed:
-        metrics.BACKUP_LAST_SUCCESS.set((completed[0].finished_at_us or 0) / 1e6)
-        metrics.BACKUP_LAST_SIZE.set(completed[0].size_bytes)
+    # 0 until one completes: the alert on the last success's age then fires once a scheduled one is overdue.
+    metrics.BACKUP_LAST_SUCCESS.set((completed[0].finished_at_us or 0) / 1e6 if completed else 0)
+    metrics.BACKUP_LAST_SIZE.set(completed[0].size_bytes if completed else 0)
 
 
 def _round(backups: Backups) -> None:

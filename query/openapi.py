@@ -27,6 +27,7 @@ from persistence_api.files import (
     UploadRequest,
 )
 from persistence_api.audit import OUTCOMES, AuditEventBatch, EventPage, EventsAccepted, StoredEvent, VerifyResult
+from persistence_api.backups import Backup, BackupList, BackupStarted, BackupVerification
 from persistence_api.translation import Cleanup, SessionBatch, TaskBatch
 from persistence_api.users import (
     ROLES,
@@ -65,7 +66,8 @@ TEXT = "text/plain"
 HTML = "text/html"
 JSON_OBJECT = "object"  # an answer whose schema is any JSON object (the OpenAPI document itself)
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36, "user_id": 36, "event_id": 64}
+_PATH_PARAM_LENGTH = {"session_id": 36, "task_id": 64, "file_id": 36, "user_id": 36, "event_id": 64,
+                      "backup_id": 23}
 BINARY = "application/octet-stream"
 
 Answer = type[Struct] | str | tuple[str, ...]  # a Struct, or the media types of a body that is not JSON
@@ -267,6 +269,15 @@ OPERATIONS: tuple[Op, ...] = (
        {200: t.PurgeResult}, t.DeadLetterSelection, errors=COMMAND_ERRORS),
     Op("delete", f"{SYSTEM}/dead-letters", "deleteDeadLetters", "system", "Delete dead letters (as /purge)",
        {200: t.PurgeResult}, t.DeadLetterSelection, errors=COMMAND_ERRORS),
+    Op("post", f"{SYSTEM}/backups", "createBackup", "system",
+       "Start a backup of the sink and the spool (409 BACKUP_RUNNING while one is being made)",
+       {202: BackupStarted}, errors=(409,)),
+    Op("get", f"{SYSTEM}/backups", "listBackups", "system", "Backups, newest first", {200: BackupList}),
+    Op("get", f"{SYSTEM}/backups/{{backup_id}}", "getBackup", "system", "One backup (404 BACKUP_NOT_FOUND)",
+       {200: Backup}, errors=(404,)),
+    Op("post", f"{SYSTEM}/backups/{{backup_id}}/verify", "verifyBackup", "system",
+       "Read a backup back and check every part (checksums, sizes, SQLite's check, row counts)",
+       {200: BackupVerification}, errors=(404,)),
     Op("get", "/openapi.json", "openapi", "system", "This document", {200: JSON_OBJECT}),
     Op("get", "/docs", "docs", "system", "A page that renders this document", {200: HTML}),
 )
@@ -279,7 +290,8 @@ _ERRORS = {
     404: "Unknown id or path",
     408: "The body did not arrive in time",
     409: "Not applied: a write with a newer version (updated_at) keeps the stored value; a username or email "
-         "already used (USERNAME_TAKEN, EMAIL_TAKEN); a disabled user (USER_DISABLED)",
+         "already used (USERNAME_TAKEN, EMAIL_TAKEN); a disabled user (USER_DISABLED); a backup already being "
+         "made (BACKUP_RUNNING)",
     413: "The body is larger than allowed",
     416: "The Range cannot be served: one range inside the content (Content-Range: bytes */size)",
     422: "The request breaks the rules: every bad field is listed in errors",

@@ -91,6 +91,8 @@ def _healthy(overrides: dict[tuple[str, str], str] | None = None) -> list[dict[s
         ("persistence_dead_lettered_total", "any"): "0x20",
         ("persistence_dead_letters", ""): "0x20",
         ("persistence_blob_store_errors_total", "commit"): "0x20",
+        ("persistence_backup_last_success_timestamp_seconds", ""): "0+60x20",  # one just completed
+        ("persistence_backup_interval_seconds", ""): "300x20",
     }
     series.update(overrides or {})
     label_of = {"persistence_process_up": "role", "persistence_sink_errors_total": "error_class",
@@ -153,6 +155,12 @@ def _rule_tests() -> list[dict[str, Any]]:
               _fires("PersistenceSessionStoreErrors", "5m", "12m")),
         _case({("persistence_audit_events_dropped_total", ""): "0x5 0+5x15"},
               _fires("PersistenceAuditEventsDropped", "5m", "7m")),
+        # The last backup completed at 0; twice the interval (600 s) passes at 10m, then `for: 5m`.
+        _case({("persistence_backup_last_success_timestamp_seconds", ""): "0x20"},
+              _fires("PersistenceBackupTooOld", "10m", "16m")),
+        # Backups only on request (interval 0): never.
+        _case({("persistence_backup_last_success_timestamp_seconds", ""): "0x20",
+               ("persistence_backup_interval_seconds", ""): "0x20"}, [], quiet=("PersistenceBackupTooOld",)),
         # The counter's series appears with its first dead letter: the table's size catches it.
         _case({("persistence_dead_lettered_total", "any"): "_x5 1x15", ("persistence_dead_letters", ""): "0x5 1x15"},
               _fires("PersistenceDeadLetters", "5m", "7m")),
