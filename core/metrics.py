@@ -73,6 +73,15 @@ BACKUP_LAST_SIZE = Gauge("persistence_backup_last_size_bytes", "Stored (compress
 BACKUPS_KEPT = Gauge("persistence_backups_kept", "Completed backups in the backup store.", multiprocess_mode="mostrecent")
 BACKUP_INTERVAL = Gauge("persistence_backup_interval_seconds", "backup.interval (0: only on request); the alert rule"
                         " compares the last success's age with it.", multiprocess_mode="mostrecent")
+ARCHIVED_ROWS = Counter("persistence_archived_rows_total", "Rows moved to the archive by the flusher, by table "
+                        "(sessions, tasks, audit_events).", ["table"])
+ARCHIVED_BYTES = Counter("persistence_archived_bytes_total", "Compressed bytes written to archive objects, by area "
+                         "(sessions, audit).", ["area"])
+ARCHIVE_RESTORES = Counter("persistence_archive_restores_total", "Archived sessions written back to the hot tables.")
+ARCHIVE_STORED_ROWS = Gauge("persistence_archive_stored_rows", "Rows held in the archive by table (from its index).",
+                            ["table"], multiprocess_mode="mostrecent")
+ARCHIVE_STORED_BYTES = Gauge("persistence_archive_stored_bytes", "Compressed bytes held in the archive by area "
+                             "(from its index).", ["area"], multiprocess_mode="mostrecent")
 PROCESS_UP = Gauge("persistence_process_up", "Live processes of the service by role.", ["role"],
                    multiprocess_mode="livesum")
 

@@ -160,6 +160,17 @@ class BackupSettings(Struct, frozen=True, forbid_unknown_fields=True):
     compression_level: Annotated[int, Meta(ge=1, le=19)] = 3  # zstd
 
 
+class ArchiveSettings(Struct, frozen=True, forbid_unknown_fields=True):
+    # Sessions completed or failed (not updated) this long ago move, with their tasks, to archive objects
+    # in the blob store, every retention.interval; 0 = off (retention's cleanup deletes them instead).
+    # On, it also archives audit events before audit.retention_days deletes them.
+    after_days: Annotated[float, Meta(ge=0)] = 0.0
+    # Where archive objects are kept: "" = the files store (files.url) under archive/, else a file:/// or s3:// URL.
+    url: str = ""
+    tasks_per_run: Annotated[int, Meta(ge=1)] = 50_000  # one archive command's work, so the flusher moves on
+    compression_level: Annotated[int, Meta(ge=1, le=19)] = 3  # zstd
+
+
 class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     service: ServiceSettings = ServiceSettings()
     ingest: IngestSettings = IngestSettings()
@@ -174,6 +185,7 @@ class Settings(Struct, frozen=True, forbid_unknown_fields=True):
     cache: CacheSettings = CacheSettings()
     audit: AuditSettings = AuditSettings()
     backup: BackupSettings = BackupSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     auth: AuthSettings = AuthSettings()
     # The file these settings came from ("" when none); children re-load it.
     source: str = ""
@@ -242,8 +254,11 @@ def _resolve_paths(settings: Settings, base: Path, source: str) -> Settings:
     backup = settings.backup
     if backup.url:
         backup = msgspec.structs.replace(backup, url=_resolve_files_url(backup.url, base, "backup.url"))
+    archive = settings.archive
+    if archive.url:
+        archive = msgspec.structs.replace(archive, url=_resolve_files_url(archive.url, base, "archive.url"))
     return msgspec.structs.replace(settings, service=service, spool=spool, sink=sink, files=files,
-                                   user_sessions=user_sessions, backup=backup, source=source)
+                                   user_sessions=user_sessions, backup=backup, archive=archive, source=source)
 
 
 def _resolve_store_url(url: str, base: Path) -> str:

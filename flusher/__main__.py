@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from archive.runner import Archiver
 from core import metrics
 from core.logging import setup_logging
 from core.settings import load_settings
@@ -41,12 +42,14 @@ def main() -> None:
         logger.critical("%s", exc)
         sys.exit(EXIT_FATAL)
     sink = open_sink(settings.sink)
+    archiver = Archiver(settings)
     metrics.mark_up("flusher")
     try:
         _migrate_until_up(sink, spool, stop)
-        Flusher(spool, sink, settings.flush, settings.retention, settings.audit.retention_days).run(
-            stop, settings.service.shutdown_grace)
+        Flusher(spool, sink, settings.flush, settings.retention, settings.audit.retention_days, archiver,
+                settings.archive).run(stop, settings.service.shutdown_grace)
     finally:
+        archiver.close()
         sink.close()
         spool.close()
 

@@ -1,17 +1,22 @@
 """Commands that travel through the spool (delete a session, set its status,
-clean up old sessions, delete old audit events). The flusher applies each one alone, after every write
+clean up old sessions, delete old audit events, archive finished sessions and restore one). The flusher applies each one alone, after every write
 acknowledged before it and before every write after it, so a write still in
 the spool can never resurrect a deleted session."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import msgspec
 from msgspec import Struct
 
-from core.records import COMMAND_TYPES, JSON_ENCODER, AuditRetained, AuditRetentionCommand, CleanupCommand, CommandFailed, CommandNotFound, CommandResult, DeleteSession, SetSessionStatus, SpoolEntry, Superseded
+from core.records import COMMAND_TYPES, JSON_ENCODER, ArchiveCommand, ArchiveRestoreCommand, AuditRetained, AuditRetentionCommand, CleanupCommand, CommandFailed, CommandNotFound, CommandResult, DeleteSession, SetSessionStatus, SpoolEntry, Superseded
 from persistence_api.translation import MIN_TIME_US, CleanupResult, Deleted, StatusUpdated
 from core.times import db_text
 from plugins import Sink
+
+if TYPE_CHECKING:
+    from archive.runner import Archiver
 
 DAY_US = 86_400_000_000
 
@@ -21,9 +26,17 @@ class Applied(Struct):
     deleted_session: str | None = None
 
 
-def apply_command(entry: SpoolEntry, sink: Sink) -> Applied:
+def apply_command(entry: SpoolEntry, sink: Sink, archiver: Archiver | None) -> Applied:
     """Apply one command entry; its version is the time it was accepted."""
     command = msgspec.json.decode(entry.payload, type=COMMAND_TYPES[entry.kind])
+    if isinstance(command, ArchiveCommand | ArchiveRestoreCommand) and archiver is None:
+        raise RuntimeError("this flusher was started without an archiver")
+    if isinstance(command, ArchiveCommand):
+        assert archiver is not None
+        return Applied(archiver.archive(command.days, command.max_tasks, entry.seq, entry.received_at_us))
+    if isinstance(command, ArchiveRestoreCommand):
+        assert archiver is not None
+        return Applied(archiver.restore(command.session_id, sink, entry.received_at_us))
     if isinstance(command, DeleteSession):
         deleted = sink.delete_session(command.session_id)
         if deleted is None:

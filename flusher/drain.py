@@ -20,12 +20,13 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 from msgspec import Struct
 
 from core.kinds import BY_ENTRY_KIND, BY_NAME, KINDS, RecordKind
-from core.records import COMMAND_TYPES, JSON_ENCODER, SpoolEntry
+from core.records import COMMAND_TYPES, JSON_ENCODER, KIND_ARCHIVE, Archived, SpoolEntry
 from core.settings import FlushSettings
 from core.times import now_us
 from core import metrics
@@ -34,7 +35,10 @@ from flusher.commands import apply_command, encode_result, failed
 from plugins import RejectedRows, Sink, TransientSinkError
 from plugins.tables import TABLE_OF, Row, Table, TableRows
 from wal import Spool
-from wal.types import DeadLetter, DrainCommit, HeldTask
+from wal.types import Append, DeadLetter, DrainCommit, HeldTask
+
+if TYPE_CHECKING:
+    from archive.runner import Archiver
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,9 @@ class DrainReport(Struct):
 
 
 class Drainer:
-    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings, clock: Callable[[], int]) -> None:
+    def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings, clock: Callable[[], int],
+                 archiver: Archiver | None = None) -> None:
+        self._archiver = archiver
         self._spool = spool
         self._sink = sink
         self._settings = settings
@@ -170,7 +176,7 @@ class Drainer:
 
     def _apply_command(self, entry: SpoolEntry) -> DrainReport:
         try:
-            applied = apply_command(entry, self._sink)
+            applied = apply_command(entry, self._sink, self._archiver)
         except TransientSinkError:
             raise
         except Exception as exc:  # refused for good, or a bug: the caller gets "failed", the spool moves on
@@ -183,6 +189,8 @@ class Drainer:
             drop_held.append((applied.deleted_session, entry.received_at_us))
         self._spool.commit_drain(DrainCommit(through_seq=entry.seq, results=[(entry.seq, encode_result(applied))],
                                              drop_held=drop_held))
+        if isinstance(applied.result, Archived) and applied.result.more:  # bounded runs: the next one continues
+            self._spool.append_many([Append(KIND_ARCHIVE, entry.payload, 1)])
         return DrainReport({}, {})
 
     def _held_items(self, held: list[HeldTask], dead: list[DeadLetter]) -> list[Item]:

@@ -13,9 +13,12 @@ import logging
 import sqlite3
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from core.records import JSON_ENCODER, KIND_AUDIT_RETENTION, KIND_CLEANUP, AuditRetentionCommand, CleanupCommand
-from core.settings import FlushSettings, RetentionSettings
+from msgspec import Struct
+
+from core.records import JSON_ENCODER, KIND_ARCHIVE, KIND_AUDIT_RETENTION, KIND_CLEANUP, ArchiveCommand, AuditRetentionCommand, CleanupCommand
+from core.settings import ArchiveSettings, FlushSettings, RetentionSettings
 from core.times import now_us
 from core import metrics
 from flusher.clock import HealthyClock
@@ -24,6 +27,9 @@ from flusher.retry import Backoff
 from plugins import Sink, TransientSinkError
 from wal import Spool
 from wal.types import Append
+
+if TYPE_CHECKING:
+    from archive.runner import Archiver
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +41,17 @@ PING_EVERY_S = 5.0
 
 class Flusher:
     def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings,
-                 retention: RetentionSettings | None = None, audit_retention_days: float = 0.0) -> None:
+                 retention: RetentionSettings | None = None, audit_retention_days: float = 0.0,
+                 archiver: Archiver | None = None, archive: ArchiveSettings | None = None) -> None:
         self._spool = spool
         self._retention = retention
+        self._archive = archive
         self._audit_retention_days = audit_retention_days
         self._last_retention = time.monotonic()
         self._sink = sink
         self._settings = settings
         self._clock = HealthyClock(spool.healthy_clock_us())
-        self._drainer = Drainer(spool, sink, settings, self._clock.now_us)
+        self._drainer = Drainer(spool, sink, settings, self._clock.now_us, archiver)
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._last_beat = 0.0
         self._last_held_check = 0.0
@@ -123,11 +131,19 @@ class Flusher:
 
     def _schedule_retention(self) -> None:
         # Through the spool like a client's cleanup, so it is ordered after every acknowledged write.
+        # With the archive on, finished sessions are archived rather than deleted, and expired audit events
+        # archived before they are deleted.
         assert self._retention is not None
-        command = CleanupCommand(self._retention.completed_days, self._retention.failed_days)
-        commands = [Append(KIND_CLEANUP, JSON_ENCODER.encode(command), 1)]
+        archive = self._archive is not None and self._archive.after_days > 0
+        if archive:
+            assert self._archive is not None
+            command: Struct = ArchiveCommand(self._archive.after_days, self._archive.tasks_per_run)
+            commands = [Append(KIND_ARCHIVE, JSON_ENCODER.encode(command), 1)]
+        else:
+            command = CleanupCommand(self._retention.completed_days, self._retention.failed_days)
+            commands = [Append(KIND_CLEANUP, JSON_ENCODER.encode(command), 1)]
         if self._audit_retention_days:
-            audit = AuditRetentionCommand(self._audit_retention_days)
+            audit = AuditRetentionCommand(self._audit_retention_days, archive=archive)
             commands.append(Append(KIND_AUDIT_RETENTION, JSON_ENCODER.encode(audit), 1))
         results = self._spool.append_many(commands)
         logger.info("scheduled retention cleanup: %s", results)

@@ -29,6 +29,9 @@ from plugins import SinkError, open_sink
 from plugins.reader import READ_CONNECTIONS, Reader, ReadError, open_reader
 from audit import routes as audit_routes
 from audit.housekeeping import housekeeping as audit_housekeeping
+from archive.reads import ArchiveReads
+from archive.reads import housekeeping as archive_housekeeping
+from archive.routes import archive_routes
 from backup import routes as backup_routes
 from backup.housekeeping import housekeeping as backup_housekeeping
 from backup.service import Backups
@@ -71,6 +74,7 @@ class State(TypedDict):
     audit_trail: AuditTrail
     spool_path: str
     backups: Backups
+    archive: ArchiveReads
 
 
 async def health(request: Request) -> Response:
@@ -148,12 +152,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         trail.start()
         backups = Backups(settings)
         keeping_backups = asyncio.create_task(backup_housekeeping(backups))
+        archive = ArchiveReads(settings)
+        keeping_archive = asyncio.create_task(archive_housekeeping(archive))
         try:
             yield State(spool=spool, started_us=now_us(), stall_after=settings.flush.stall_after, reader=reader,
                         read_threads=threads, stats_cache=StatsCache(settings.query.stats_cache),
                         counts=CountCache(), files=files, users=users, audit_log=audit_log, audit_trail=trail,
-                        spool_path=settings.spool.path, backups=backups)
+                        spool_path=settings.spool.path, backups=backups, archive=archive)
         finally:
+            keeping_archive.cancel()
+            archive.close()
             keeping_backups.cancel()
             backups.close()
             trail.stop()
@@ -169,7 +177,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             spool.close()
 
     metrics.mark_up("query")
-    all_routes = (ROUTES + file_routes.ROUTES + backup_routes.ROUTES + user_routes.ROUTES + audit_routes.ROUTES + metrics.METRICS_ROUTES
+    all_routes = (ROUTES + archive_routes(settings) + file_routes.ROUTES + backup_routes.ROUTES + user_routes.ROUTES + audit_routes.ROUTES + metrics.METRICS_ROUTES
                   + management_routes(settings) + system_routes(settings))
     return Starlette(routes=all_routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan,
                      middleware=[Middleware(RequestContext, role="query", is_access_log=settings.service.access_log),

@@ -80,7 +80,7 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
             raise SessionNotFound(session_id)
         result = await queue.run(KIND_DELETE_SESSION, DeleteSession(session_id))
         await _record(request, "session.delete", session_id, result)
-        return _answer(result, session_id, request)
+        return answer(result, session_id, request)
 
     async def set_status(request: Request) -> Response:
         session_id = request.path_params["session_id"]
@@ -89,14 +89,14 @@ def management_routes(settings: Settings) -> list[ScopedRoute]:
             raise SessionNotFound(session_id)
         result = await queue.run(KIND_SET_SESSION_STATUS, SetSessionStatus(session_id, change.status))
         await _record(request, "session.status", session_id, result, {"status": change.status})
-        return _answer(result, session_id, request)
+        return answer(result, session_id, request)
 
     async def cleanup(request: Request) -> Response:
         body = await decode_body(request, Cleanup, MAX_BODY_BYTES, allow_empty=True)
         command = CleanupCommand(body.completed_days, body.failed_days, body.dry_run)
         result = await queue.run(KIND_CLEANUP, command)
         await _record(request, "sessions.cleanup", None, result, msgspec.structs.asdict(command))
-        return _answer(result, None, request)
+        return answer(result, None, request)
 
     base = "/api/v1/translation/sessions"
     return [
@@ -114,7 +114,7 @@ async def _record(request: Request, action: str, session_id: str | None, result:
     await request.state.audit_trail.record(request, action, "session", session_id, outcome, what, details)
 
 
-def _answer(result: CommandResult | None, session_id: str | None, request: Request) -> Response:
+def answer(result: CommandResult | None, session_id: str | None, request: Request) -> Response:
     if result is None:
         return json_response(Queued("queued", session_id, "Accepted into the spool; it is applied in order once "
                                                           "the database answers."), 202)

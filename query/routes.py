@@ -13,6 +13,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from archive.routes import not_found
 from core.errors import SessionNotFound, TaskNotFound
 from core.http import json_response
 from query.openapi_types import IncompleteSessions
@@ -99,7 +100,7 @@ async def get_session(request: Request) -> Response:
     session_id = request.path_params["session_id"]
     row = await _db(request, request.state.reader.session, session_id)
     if row is None:
-        raise SessionNotFound(session_id)
+        raise await not_found(request, session_id)
     return json_response(session_detail(row, now_us()))
 
 
@@ -109,7 +110,7 @@ async def list_session_tasks(request: Request) -> Response:
     reader: Reader = request.state.reader
     found = await _counted(request, flt, query, lambda known: _session_tasks(reader, flt, query, known))
     if found is None:
-        raise SessionNotFound(session_id)
+        raise await not_found(request, session_id)
     page, total = found
     body = _list_page(query, page, total, [task_view(r) for r in page.rows])
     return json_response(SessionTaskPage(session_id, *msgspec.structs.astuple(body)))

@@ -24,7 +24,7 @@ from core.auth import ScopedRoute
 from core.errors import BodyNotJson, FieldError, Invalid
 from core.http import field_error, json_response, read_body
 from core.kinds import KINDS
-from core.records import JSON_ENCODER, KIND_AUDIT_RETENTION, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS
+from core.records import JSON_ENCODER, KIND_ARCHIVE, KIND_ARCHIVE_RESTORE, KIND_AUDIT_RETENTION, KIND_CLEANUP, KIND_DELETE_SESSION, KIND_SET_SESSION_STATUS
 from core.redact import redact
 from core.settings import Settings, SpoolSettings
 from core.times import iso_z
@@ -48,7 +48,7 @@ MAX_LIMIT = 1000
 MAX_BODY_BYTES = 1024 * 1024  # a selection of ids; 100k ids fit
 _KIND_NAMES = {**{kind.entry_kind: kind.name for kind in KINDS}, KIND_DELETE_SESSION: "delete_session",
                KIND_SET_SESSION_STATUS: "set_session_status", KIND_CLEANUP: "cleanup",
-               KIND_AUDIT_RETENTION: "audit_retention"}
+               KIND_AUDIT_RETENTION: "audit_retention", KIND_ARCHIVE: "archive", KIND_ARCHIVE_RESTORE: "archive_restore"}
 _SELECTION = msgspec.json.Decoder(DeadLetterSelection)
 _CHOOSE = 'send either {"ids": [...]} with at least one id, or {"all": true}'
 
