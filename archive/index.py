@@ -149,14 +149,6 @@ class ArchiveIndex(DirectTables):
             "UPDATE archived_sessions SET state = 'restored', restored_at = %s WHERE session_id = %s",
             at, session_id))
 
-    def record_audit(self, row: tuple, delete: Any) -> Any:
-        """In one transaction: the audit object's index row, then `delete(cursor)` (the events it holds)."""
-        def work(execute: Execute, cur: Any) -> Any:
-            execute(f"REPLACE INTO archived_audit ({', '.join(AUDIT_COLUMNS)}) VALUES ({_marks(len(AUDIT_COLUMNS))})",
-                    *row)
-            return delete(cur)
-        return self._db.write(work)
-
     # -- reads -----------------------------------------------------------------
 
     def get(self, session_id: str) -> Entry | None:

@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
 from dataclasses import dataclass, field
 
 import msgspec
 import zstandard
 
-from archive.frames import decode_session, encode_session, month_of
-from archive.index import ArchiveIndex, Entry
+from archive.frames import decode_session, encode_rows, encode_session, month_of
+from archive.index import AUDIT_COLUMNS, ArchiveIndex, Entry
 from core import metrics
 from core.records import Archived, ArchiveRestored, CommandNotFound
 from core.settings import FilesSettings, Settings
@@ -38,6 +41,8 @@ from plugins.tables import SESSION_TABLE, TASK_TABLE, TableRows
 logger = logging.getLogger(__name__)
 
 DAY_US = 86_400_000_000
+AUDIT_INSERT = (f"REPLACE INTO archived_audit ({', '.join(AUDIT_COLUMNS)})"
+                f" VALUES ({', '.join(['%s'] * len(AUDIT_COLUMNS))})")
 SESSION_PAGE = 200
 TASK_PAGE = 5000
 RESTORE_CHUNK = 5000  # task rows per restore transaction
@@ -213,6 +218,33 @@ class Archiver:
         except ReadError as exc:  # the database did not answer: the flusher retries the command
             raise TransientSinkError(f"archive: {exc}") from exc
 
+    # -- audit events ------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make the index tables before a transaction of the sink's writes to them."""
+        self.index.migrate()
+
+    def audit_chunk(self, execute: Callable[..., Any], columns: Sequence[str], rows: list[tuple]) -> None:
+        """Called in the retention transaction before the chunk is deleted: store the events (every stored
+        column, the chain's hashes included) as one object, and record it in the same transaction."""
+        events = [tuple(_plain(v) for v in row) for row in rows]
+        seq, occurred = columns.index("seq"), columns.index("occurred_at")
+        first, last = events[0], events[-1]
+        month = month_of(first[occurred])
+        key = f"archive/audit/{month}/{first[seq]:012d}-{last[seq]:012d}-{secrets.token_hex(4)}.jsonl.zst"
+        data = encode_rows(columns, events, self._compressor)
+        writer = self.store.writer(key)
+        try:
+            writer.write(data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        execute(AUDIT_INSERT, key, month, len(events), len(data), first[seq], last[seq], first[occurred],
+                max(str(e[occurred]) for e in events), db_text(now_us()))
+        metrics.ARCHIVED_ROWS.labels("audit_events").inc(len(events))
+        metrics.ARCHIVED_BYTES.labels("audit").inc(len(data))
+
     # -- restore -----------------------------------------------------------------
 
     def restore(self, session_id: str, sink: Sink, accepted_us: int) -> ArchiveRestored | CommandNotFound:
@@ -228,6 +260,17 @@ class Archiver:
         self.index.mark_restored(session_id, at)
         metrics.ARCHIVE_RESTORES.inc()
         return ArchiveRestored(session_id, len(tasks))
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON holds it, times as the sink's storage text."""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    return value
 
 
 def _layout(task: tuple) -> tuple:

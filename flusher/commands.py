@@ -50,7 +50,12 @@ def apply_command(entry: SpoolEntry, sink: Sink, archiver: Archiver | None) -> A
             return Applied(Superseded(command.session_id, command.status, change.status))
         return Applied(StatusUpdated(command.session_id, command.status))
     if isinstance(command, AuditRetentionCommand):
-        return Applied(AuditRetained(sink.retain_audit_events(_before(entry.received_at_us, command.days))))
+        archive = None
+        if command.archive and archiver is not None:  # archived in each chunk's transaction, before its delete
+            archiver.prepare()
+            archive = archiver.audit_chunk
+        deleted = sink.retain_audit_events(_before(entry.received_at_us, command.days), archive)
+        return Applied(AuditRetained(deleted, deleted if archive else 0))
     assert isinstance(command, CleanupCommand)
     return Applied(cleanup(sink, command, entry.received_at_us))
 

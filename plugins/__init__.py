@@ -10,8 +10,8 @@ driver.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from core.settings import SinkSettings
@@ -39,6 +39,11 @@ class RejectedRows(SinkError):
         super().__init__(reason)
         self.reason = reason
         self.code = code
+
+
+# Called inside the retention transaction with the events about to be deleted, before the delete:
+# (execute(sql with %s marks, *args) in that transaction, column names, rows). It archives them.
+ArchiveChunk = Callable[[Callable[..., Any], Sequence[str], list[tuple]], None]
 
 
 class StatusChange(NamedTuple):
@@ -69,10 +74,11 @@ class Sink(Protocol):
         ones updated before failed_before, with their tasks, in bounded
         transactions; (sessions, tasks) deleted, or that would be with dry_run."""
 
-    def retain_audit_events(self, before: str) -> int:
+    def retain_audit_events(self, before: str, archive: ArchiveChunk | None = None) -> int:
         """Delete audit events that occurred before `before` (storage text),
         oldest stored first, stopping at the first younger one (the chain
-        keeps its start), in bounded transactions; how many were deleted."""
+        keeps its start), in bounded transactions; how many were deleted.
+        With `archive`, each chunk is handed to it first, in its transaction."""
 
     def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
         """The subset of keys that are stored in table."""

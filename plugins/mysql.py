@@ -18,7 +18,7 @@ import pymysql
 from pymysql.constants import CLIENT
 
 from core.settings import SinkSettings
-from plugins import RejectedRows, StatusChange, TransientSinkError
+from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
 from plugins.tables import UPSERT_TABLES, Table, TableRows
 
@@ -160,11 +160,11 @@ class MysqlSink:
             sessions, tasks = sessions + done[0], tasks + done[1]
         return sessions, tasks
 
-    def retain_audit_events(self, before: str) -> int:
+    def retain_audit_events(self, before: str, archive: ArchiveChunk | None = None) -> int:
         from plugins.audit import mysql as audit_mysql  # not at the top: an import cycle (via direct_db)
         deleted = 0
         while True:
-            done = self._run(lambda cur: audit_mysql.retain_chunk(cur, before))
+            done = self._run(lambda cur: audit_mysql.retain_chunk(cur, before, archive))
             deleted += done
             if not done:
                 return deleted

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from core.settings import SinkSettings
-from plugins import RejectedRows, StatusChange, TransientSinkError
+from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.audit import sqlite as audit
 from plugins.tables import UPSERT_TABLES, Table, TableRows
 
@@ -107,11 +107,11 @@ class SqliteSink:
                                          chunk).rowcount
         return sessions, tasks
 
-    def retain_audit_events(self, before: str) -> int:
+    def retain_audit_events(self, before: str, archive: ArchiveChunk | None = None) -> int:
         deleted = 0
         while True:
             with self._transaction() as conn:
-                done = audit.retain_chunk(conn, before)
+                done = audit.retain_chunk(conn, before, archive)
             deleted += done
             if not done:
                 return deleted

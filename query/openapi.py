@@ -27,7 +27,9 @@ from persistence_api.files import (
     UploadRequest,
 )
 from persistence_api.audit import OUTCOMES, AuditEventBatch, EventPage, EventsAccepted, StoredEvent, VerifyResult
+from persistence_api.archive import ArchivedSessionList, ArchiveRun, ArchiveSummary
 from persistence_api.backups import Backup, BackupList, BackupStarted, BackupVerification
+from core.records import Archived, ArchiveRestored
 from persistence_api.translation import Cleanup, SessionBatch, TaskBatch
 from persistence_api.users import (
     ROLES,
@@ -183,6 +185,21 @@ OPERATIONS: tuple[Op, ...] = (
        Cleanup, errors=COMMAND_ERRORS, is_body_optional=True),
     Op("get", f"{API}/stats", "stats", "management", "Counts, performance and storage", {200: t.Stats},
        errors=(503,)),
+    Op("get", f"{API}/archive/sessions", "listArchivedSessions", "archive",
+       "Archived sessions, newest created first", {200: ArchivedSessionList},
+       params=(SESSION_STATUS, FROM_DATE, TO_DATE, CURSOR, LIMIT), errors=READ_ERRORS),
+    Op("get", f"{API}/archive/sessions/{{session_id}}", "getArchivedSession", "archive",
+       "An archived session and all its tasks as they were stored, streamed: {session, tasks, archived_at} "
+       "(404 ARCHIVED_SESSION_NOT_FOUND)", {200: JSON_OBJECT}, errors=(404, 503)),
+    Op("post", f"{API}/archive/sessions/{{session_id}}/restore", "restoreArchivedSession", "archive",
+       "Write an archived session and its tasks back into the hot tables, in spool order",
+       {200: ArchiveRestored, 202: t.Queued}, errors=(404,) + COMMAND_ERRORS),
+    Op("get", f"{API}/archive", "archiveSummary", "archive",
+       "What is archived, by month, and where", {200: ArchiveSummary}, errors=(503,)),
+    Op("post", f"{API}/archive/run", "runArchive", "archive",
+       "Archive now the sessions finished more than after_days ago (archive.after_days, else "
+       "retention.completed_days), at most archive.tasks_per_run tasks; the rest follow in further runs",
+       {200: Archived, 202: t.Queued}, ArchiveRun, errors=COMMAND_ERRORS, is_body_optional=True),
     Op("post", FILES, "uploadFile", "files", "Upload one file (multipart part `file`, or the raw body with ?filename=)",
        {201: File}, params=UPLOAD_PARAMS, errors=(400, 408, 413, 422, 503), is_upload=True),
     Op("get", FILES, "listFiles", "files", "List files, newest first", {200: FileList}, params=FILE_FILTERS,

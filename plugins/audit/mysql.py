@@ -52,7 +52,7 @@ about 1 event of 50 fills the page there, a rarer one goes to the index.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pymysql
 
@@ -62,6 +62,9 @@ from plugins.audit.chain import GENESIS, STORED_COLUMNS, Head, link
 from plugins.audit.store import EXPORT_CHUNK, SELECT_ANSWER, AuditLog, AuditUnavailable, EventFilter, Where, to_event
 from plugins.audit.text import search_text
 from plugins.direct_db import DirectDatabase
+
+if TYPE_CHECKING:
+    from plugins import ArchiveChunk
 from plugins.mysql_literal import statements
 
 # `{collation}` is the database's (binary, no pad: keys compare byte for byte); filled in by migrate.
@@ -194,7 +197,7 @@ def _existing(cur: Any, column: str, values: list[Any] | range) -> set[Any]:
     return found
 
 
-def retain_chunk(cur: Any, before: str) -> int:
+def retain_chunk(cur: Any, before: str, archive: ArchiveChunk | None = None) -> int:
     """Inside a transaction: delete up to RETAIN_CHUNK of the oldest-stored
     events, in chain order, stopping at the first that occurred at or after
     `before`. Returns how many were deleted (0: done)."""
@@ -209,6 +212,10 @@ def retain_chunk(cur: Any, before: str) -> int:
     if not gone:
         return 0
     positions = [r[0] for r in gone]
+    if archive is not None:
+        cur.execute("SELECT * FROM audit_events WHERE seq BETWEEN %s AND %s ORDER BY seq", (gone[0][1], gone[-1][1]))
+        rows = [tuple(r) for r in cur.fetchall()]
+        archive(lambda sql, *args: cur.execute(sql, args), [d[0] for d in cur.description], rows)
     cur.execute("DELETE FROM audit_events WHERE pos IN %s", (positions,))
     cur.execute("UPDATE audit_chain SET first_seq = %s, first_prev_hash = %s WHERE id = 1",
                 (gone[-1][1] + 1, gone[-1][3]))

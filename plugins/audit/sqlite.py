@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.settings import SinkSettings
 from plugins.audit.chain import GENESIS, STORED_COLUMNS, Head, link
 from plugins.audit.store import SELECT_ANSWER, AuditLog, AuditUnavailable, EventFilter, Where
 from plugins.audit.text import cjk_bigrams, is_cjk, matches, search_text
 from plugins.direct_db import DirectDatabase
+
+if TYPE_CHECKING:
+    from plugins import ArchiveChunk
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -91,7 +94,7 @@ def _existing(conn: sqlite3.Connection, column: str, values: list[Any] | range) 
     return found
 
 
-def retain_chunk(conn: sqlite3.Connection, before: str) -> int:
+def retain_chunk(conn: sqlite3.Connection, before: str, archive: ArchiveChunk | None = None) -> int:
     """Inside a transaction: delete up to RETAIN_CHUNK of the oldest-stored
     events, in chain order, stopping at the first that occurred at or after
     `before`. Returns how many were deleted (0: done)."""
@@ -105,6 +108,12 @@ def retain_chunk(conn: sqlite3.Connection, before: str) -> int:
         gone.append(row)
     if not gone:
         return 0
+    if archive is not None:
+        cursor = conn.execute("SELECT * FROM audit_events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                              (gone[0][1], gone[-1][1]))
+        rows = cursor.fetchall()
+        archive(lambda sql, *args: conn.execute(sql.replace("%s", "?"), args), [d[0] for d in cursor.description],
+                rows)
     for pos, _, _, message, details, _ in gone:  # a contentless table forgets a row given its indexed text
         text = search_text(message, details)
         conn.execute("INSERT INTO audit_text_trigram (audit_text_trigram, rowid, body) VALUES ('delete', ?, ?)",
