@@ -39,7 +39,7 @@ class ArchiveCommand(Struct):
     """Move sessions completed or failed (not updated) more than `days`
     before the command was accepted, with their tasks, to archive objects,
     then delete them from the hot tables; at most `max_tasks` tasks per command."""
-    days: Annotated[float, Meta(ge=0)]
+    days: Annotated[float, Meta(ge=0, le=3_650_000)]
     max_tasks: Annotated[int, Meta(ge=1)] = 50_000
 
 

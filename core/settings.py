@@ -164,7 +164,7 @@ class ArchiveSettings(Struct, frozen=True, forbid_unknown_fields=True):
     # Sessions completed or failed (not updated) this long ago move, with their tasks, to archive objects
     # in the blob store, every retention.interval; 0 = off (retention's cleanup deletes them instead).
     # On, it also archives audit events before audit.retention_days deletes them.
-    after_days: Annotated[float, Meta(ge=0)] = 0.0
+    after_days: Annotated[float, Meta(ge=0, le=3_650_000)] = 0.0
     # Where archive objects are kept: "" = the files store (files.url) under archive/, else a file:/// or s3:// URL.
     url: str = ""
     tasks_per_run: Annotated[int, Meta(ge=1)] = 50_000  # one archive command's work, so the flusher moves on

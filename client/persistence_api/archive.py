@@ -45,4 +45,4 @@ class ArchiveSummary(Struct):
 
 class ArchiveRun(Struct, forbid_unknown_fields=True):
     """POST /api/v1/translation/archive/run: archive now what finished more than after_days ago."""
-    after_days: Annotated[float, Meta(ge=0)] | None = None  # None: archive.after_days
+    after_days: Annotated[float, Meta(ge=0, le=3_650_000)] | None = None  # None: archive.after_days

@@ -78,9 +78,9 @@ POSITIVE_422_GAPS: tuple[tuple[str, str, str], ...] = (
     # DOC (strictness): JSON Schema's "integer" admits 947.0; msgspec refuses a float for an int.
     (_ANY, _ANY, r"^Expected `int( \| null)?`, got `float`$"),
     # `cursor` must be one the service issued (signed): no schema can say which strings those are.
-    (rf"GET {API}/(sessions|sessions/{{session_id}}/tasks|tasks)", "cursor", _ANY),
+    (rf"GET {API}/(sessions|sessions/{{session_id}}/tasks|tasks|archive/sessions)", "cursor", _ANY),
     # DOC: from_date / to_date are declared as any string, not as an ISO 8601 date or date-time.
-    (rf"GET {API}/(sessions|tasks)", "(from_date|to_date)", _ANY),
+    (rf"GET {API}/(sessions|tasks|archive/sessions)", "(from_date|to_date)", _ANY),
     # The same two gaps on the file list: its cursor is issued by the service, its dates are any string.
     (r"GET /api/v1/files", "(cursor|created_from|created_to)", _ANY),
     (r"GET /api/v1/users", "cursor", _ANY),
