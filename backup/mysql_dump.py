@@ -43,14 +43,14 @@ REBUILT = {"audit_search"}  # made again from audit_events (see the module's doc
 
 
 def _connect(settings: SinkSettings, database: str | None = None, streaming: bool = False) -> pymysql.Connection:
-    name, params = connect_params(settings)
+    target, params = connect_params(settings)
     if streaming:
         params["cursorclass"] = pymysql.cursors.SSCursor
-    return pymysql.connect(database=name if database is None else database, **params)
+    return target.connect("" if database is None else database, **params)
 
 
 def database_name(settings: SinkSettings) -> str:
-    return connect_params(settings)[0]
+    return connect_params(settings)[0].database
 
 
 def dump(settings: SinkSettings, part_writer: Callable[[str], PartWriter]) -> tuple[list[TableDump], str]:

@@ -312,8 +312,11 @@ def _check_url(url: str) -> None:
 
 
 def _is_readable(parts: SplitResult) -> bool:
-    try:
-        parts.port  # raises ValueError when a '/' in the password cut the netloc short
-    except ValueError:
-        return False
+    # Several nodes (a Galera cluster) are host:port pairs separated by commas: each port must be a number;
+    # one that is not means a '/' in the password cut the netloc short.
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(","):
+        port = host.rpartition("]")[2].partition(":")[2] if host.startswith("[") else host.partition(":")[2]
+        if port and not port.isdigit():
+            return False
     return not (parts.query or parts.fragment)  # what follows '?' or '#' would be lost

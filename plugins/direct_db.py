@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import pymysql
 from pymysql.constants import CLIENT
@@ -24,10 +24,12 @@ from pymysql.constants import CLIENT
 from core.settings import SinkSettings
 from plugins import SinkError
 from plugins.mysql import ISOLATION, READ_TIMEOUT_S, SESSION_INIT
+from plugins.mysql_hosts import MysqlTarget
 from plugins.mysql_reader import CONVERSIONS
 
 CONNECTIONS = 4
 DUPLICATE_KEY = 1062  # MySQL's ER_DUP_ENTRY
+WSREP_NOT_READY = 1047
 
 
 class Cursor(Protocol):
@@ -79,16 +81,14 @@ class Mysql(Dialect):
     lock = " FOR UPDATE"
 
     def __init__(self, settings: SinkSettings) -> None:
-        url = urlsplit(settings.url)
-        self.database = url.path.strip("/")
-        self.params = dict(host=url.hostname or "127.0.0.1", port=url.port or 3306,
-                           user=unquote(url.username or "root"), password=unquote(url.password or ""),
-                           charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
+        self.target = MysqlTarget(settings.url)
+        self.database = self.target.database
+        self.params = dict(charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
                            read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
                            client_flag=CLIENT.FOUND_ROWS, conv=CONVERSIONS)
 
     def connect(self) -> Any:
-        conn = pymysql.connect(database=self.database, **self.params)
+        conn = self.target.connect(**self.params)
         with conn.cursor() as cur:
             cur.execute(ISOLATION)
         return conn
@@ -197,6 +197,8 @@ class DirectDatabase:
                 with contextlib.suppress(pymysql.err.Error):
                     conn.close()
                 conn = None
+                if isinstance(self.dialect, Mysql) and exc.args and exc.args[0] == WSREP_NOT_READY:
+                    self.dialect.target.failed()  # a Galera node outside the primary component: use the next
             duplicate = self.dialect.duplicate(exc)
             if duplicate is not None:
                 raise duplicate from exc

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import pymysql
 from pymysql.constants import CLIENT
 
 from core.settings import SinkSettings
+from plugins.mysql_hosts import MysqlTarget
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
 from plugins.tables import UPSERT_TABLES, Table, TableRows
@@ -58,12 +58,9 @@ def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
 UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
 
 
-def connect_params(settings: SinkSettings) -> tuple[str, dict[str, Any]]:
-    """(database, pymysql.connect keyword arguments) of sink.url: the sink's and its backup's."""
-    url = urlsplit(settings.url)
-    return url.path.strip("/"), dict(
-        host=url.hostname or "127.0.0.1", port=url.port or 3306,
-        user=unquote(url.username or "root"), password=unquote(url.password or ""),
+def connect_params(settings: SinkSettings) -> tuple[MysqlTarget, dict[str, Any]]:
+    """(the node(s) of sink.url, the other pymysql.connect keyword arguments): the sink's and its backup's."""
+    return MysqlTarget(settings.url), dict(
         charset="utf8mb4", autocommit=False, connect_timeout=settings.connect_timeout,
         read_timeout=READ_TIMEOUT_S, write_timeout=READ_TIMEOUT_S, init_command=SESSION_INIT,
         client_flag=CLIENT.FOUND_ROWS,  # UPDATE counts matched rows, not changed ones
@@ -72,7 +69,7 @@ def connect_params(settings: SinkSettings) -> tuple[str, dict[str, Any]]:
 
 class MysqlSink:
     def __init__(self, settings: SinkSettings) -> None:
-        self._database, self._params = connect_params(settings)
+        self._target, self._params = connect_params(settings)
         self._conn: pymysql.connections.Connection | None = None
         self._max_stmt_bytes = 1024 * 1024
 
@@ -87,9 +84,9 @@ class MysqlSink:
         try:
             with conn.cursor() as cur:
                 collation = _key_collation(cur)
-                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self._database}`"
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS `{self._target.database}`"
                             f" CHARACTER SET utf8mb4 COLLATE {collation}")
-                cur.execute(f"USE `{self._database}`")
+                cur.execute(f"USE `{self._target.database}`")
                 for table in UPSERT_TABLES:
                     cur.execute(_create(table, collation))
                 audit_mysql.migrate(cur, collation)
@@ -230,7 +227,7 @@ class MysqlSink:
         if self._conn is not None and with_database:
             return self._conn
         try:
-            conn = pymysql.connect(database=self._database if with_database else None, **self._params)
+            conn = self._target.connect("" if with_database else None, **self._params)
             with conn.cursor() as cur:
                 cur.execute(ISOLATION)
             if with_database:
@@ -244,6 +241,8 @@ class MysqlSink:
     def _rollback_or_drop(self, exc: pymysql.err.MySQLError) -> None:
         if isinstance(_convert(exc), TransientSinkError):
             self._drop()  # the connection may be dead or mid-result: start clean
+            if _node_failed(exc):
+                self._target.failed()
             return
         try:
             if self._conn is not None:
@@ -273,6 +272,16 @@ def _max_statement_bytes(conn: pymysql.connections.Connection) -> int:
         packet = int(cur.fetchone()[0])
     conn.rollback()
     return max(256 * 1024, min(packet - 64 * 1024, 64 * 1024 * 1024))
+
+
+# 2003 cannot connect, 2006/2013 gone or lost, 1047 WSREP not ready (a Galera node outside the primary
+# component), 1053 server shutdown: the node is unusable, try the next one. 1213 (a deadlock, or a Galera
+# certification conflict) and 1205 are retried on the same node.
+_NODE_FAILED = {2003, 2006, 2013, 2055, 1047, 1053, 4031}
+
+
+def _node_failed(exc: pymysql.err.MySQLError) -> bool:
+    return bool(exc.args) and exc.args[0] in _NODE_FAILED
 
 
 def _convert(exc: pymysql.err.MySQLError) -> Exception:

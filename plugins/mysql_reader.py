@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from plugins.mysql_hosts import MysqlTarget
 
 import msgspec
 import pymysql
@@ -58,11 +58,9 @@ _JSON_ROWS = msgspec.json.Decoder(list[tuple])
 
 class MysqlReader(SqlReader):
     def __init__(self, settings: SinkSettings) -> None:
-        url = urlsplit(settings.url)
+        self._target = MysqlTarget(settings.url)
         self._params: dict[str, Any] = {
-            "host": url.hostname or "127.0.0.1", "port": url.port or 3306,
-            "user": unquote(url.username or "root"), "password": unquote(url.password or ""),
-            "database": url.path.strip("/"), "charset": "utf8mb4", "autocommit": True,
+            "charset": "utf8mb4", "autocommit": True,
             "connect_timeout": settings.connect_timeout, "read_timeout": READ_TIMEOUT_S,
             "write_timeout": READ_TIMEOUT_S, "init_command": SESSION_INIT, "conv": CONVERSIONS}
         self._sql = ReadSql("%s", deferred_join=True, json_rows=True)
@@ -70,7 +68,7 @@ class MysqlReader(SqlReader):
             self._connect, pymysql.connections.Connection.close, READ_CONNECTIONS)
 
     def _connect(self) -> pymysql.connections.Connection:
-        conn = pymysql.connect(**self._params)
+        conn = self._target.connect(**self._params)
         with conn.cursor() as cur:
             cur.execute(ISOLATION)
         return conn
@@ -80,7 +78,7 @@ class MysqlReader(SqlReader):
         writes go on while a large table is indexed. Works on MySQL 8 and MariaDB."""
         # Its own connection with no read timeout: indexing a large table takes a while.
         try:
-            conn = pymysql.connect(**{**self._params, "read_timeout": None})
+            conn = self._target.connect(**{**self._params, "read_timeout": None})
             try:
                 with conn.cursor() as cur:
                     _ensure_indexes(cur)

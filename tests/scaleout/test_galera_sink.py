@@ -1,0 +1,101 @@
+"""The sink on a real three-node MariaDB Galera cluster (testkit/galera.py):
+sink.url lists the three nodes; under a write load, kill -9 of the node the
+service writes to and of another node, both rejoining by SST/IST; writes go
+on, and afterwards every acknowledged task holds its last acknowledged
+version on every node (read with wsrep_sync_wait)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from testkit.galera import GaleraCluster, available
+from testkit.service import Service, session, task
+from tests.backup.test_backups import Writer, version_time
+
+pytestmark = pytest.mark.skipif(not available(), reason="galera-4, rsync and a mysql user are needed")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[GaleraCluster]:
+    galera = GaleraCluster.create(3)
+    try:
+        galera.start()
+        yield galera
+    finally:
+        galera.destroy()
+
+
+def rows_on(cluster: GaleraCluster, index: int, database: str, session_id: str) -> dict[str, str]:
+    conn = cluster.nodes[index].connect(timeout=5)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET SESSION wsrep_sync_wait = 1")  # this read sees every write the cluster committed
+            cur.execute(f"SELECT task_id, target_text FROM `{database}`.translation_tasks WHERE session_id = %s",
+                        (session_id,))
+            return {r[0]: r[1] for r in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def writer_node(cluster: GaleraCluster, database: str) -> int:
+    """The node that holds the flusher's connection (its processlist shows a client of the database)."""
+    for node in cluster.nodes:
+        try:
+            conn = node.connect()
+        except Exception:  # a node that is down holds nobody
+            continue
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM information_schema.processlist WHERE db = %s", (database,))
+                if cur.fetchone()[0]:
+                    return node.index
+        finally:
+            conn.close()
+    raise AssertionError("no node holds a connection of the service")
+
+
+def test_writes_survive_kill_9_of_galera_nodes(cluster: GaleraCluster, service_factory) -> None:
+    database = f"ps_galera_{uuid.uuid4().hex[:8]}"
+    service: Service = service_factory(cluster.url(database))
+    session_id = "galera-1"
+    task_ids = [f"g-{i}" for i in range(2000)]
+    assert service.post_sessions([session(session_id)]).status_code == 202
+    for start in range(0, len(task_ids), 1000):
+        assert service.post_tasks([task(t, session_id, updated_at=version_time(0))
+                                   for t in task_ids[start:start + 1000]]).status_code == 202
+    assert service.flush().status_code == 200
+    writer = Writer(service, session_id, task_ids, pause=0.05)
+    writer.start()
+    try:
+        time.sleep(2)
+        victim = writer_node(cluster, database)
+        cluster.kill(victim)  # the node the flusher writes to
+        time.sleep(4)
+        requests = writer.requests
+        time.sleep(3)
+        assert writer.requests > requests, "writes stopped being acknowledged"
+        cluster.start_node(victim)  # rejoins by IST (or SST)
+        other = next(n.index for n in cluster.nodes if n.index != writer_node(cluster, database))
+        cluster.kill(other)
+        time.sleep(3)
+        cluster.start_node(other)
+        time.sleep(2)
+    finally:
+        writer.stop.set()
+        writer.join(30)
+    assert writer.requests > 20
+    flushed = service.flush()
+    assert flushed.status_code == 200, flushed.text
+    acked, sent = writer.snapshot()
+    assert cluster.size() == 3
+    for node in cluster.nodes:
+        stored = rows_on(cluster, node.index, database, session_id)
+        assert set(stored) == set(task_ids), f"node{node.index} misses tasks"
+        wrong = {t: (stored[t], acked.get(t), sent.get(t)) for t in task_ids
+                 if not acked.get(t, 0) <= int(stored[t][1:] if stored[t] else 0) <= sent.get(t, 0)}
+        assert not wrong, f"node{node.index}: {len(wrong)} tasks not at their last acknowledged version: " \
+                          f"{list(wrong.items())[:3]}"
