@@ -55,12 +55,14 @@ shutdown_grace = {shutdown_grace}
 health_check_interval = 0.2
 log_level = "info"
 [ingest]
+host = "{host}"
 port = {ingest_port}
 workers = {workers}
 max_body_bytes = {max_body_bytes}
 body_timeout = {body_timeout}
 flush_timeout = {flush_timeout}
 [query]
+host = "{host}"
 port = {query_port}
 workers = {query_workers}
 stats_cache = {stats_cache}
@@ -91,7 +93,7 @@ DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
                                 batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0,
                                 body_timeout=30.0, extra_toml="", stats_cache=0.0, stall_after=30.0, max_lag=30.0,
-                                query_workers=0, backup_interval=0.0, backup_keep=7)
+                                query_workers=0, backup_interval=0.0, backup_keep=7, host="127.0.0.1")
 
 
 class Service:
@@ -104,12 +106,13 @@ class Service:
         self.ingest_port = free_port()
         self.query_port = free_port()
         options = {**DEFAULTS, **overrides}
+        self.host = options["host"]  # any 127.x.y.z: several nodes on one machine, each on its own address
         self.config = folder / "config.toml"
         self.config.write_text(CONFIG.format(ingest_port=self.ingest_port, query_port=self.query_port,
                                              sink_url=sink_url, **options))
         self.log = folder / "service.log"
         self.proc: subprocess.Popen | None = None
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.ingest_port}", timeout=30)
+        self.http = httpx.Client(base_url=f"http://{self.host}:{self.ingest_port}", timeout=30)
 
     @property
     def spool_path(self) -> Path:
@@ -118,7 +121,7 @@ class Service:
     def start(self, wait: bool = True) -> None:
         """Start the service; again after kill() too (same folder, same ports)."""
         if self.http.is_closed:
-            self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.ingest_port}", timeout=30)
+            self.http = httpx.Client(base_url=f"http://{self.host}:{self.ingest_port}", timeout=30)
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "--config", str(self.config), "run"],
@@ -130,7 +133,7 @@ class Service:
     def wait_ready(self, timeout: float = 30) -> None:
         def ready() -> bool:
             assert self.proc is not None and self.proc.poll() is None, f"service exited:\n{self.tail()}"
-            query = self.http.get(f"http://127.0.0.1:{self.query_port}/health")
+            query = self.http.get(f"http://{self.host}:{self.query_port}/health")
             return self.http.get("/health").status_code in (200, 503) and query.status_code in (200, 503)
         wait_for(ready, timeout, "the service to answer /health")
 
