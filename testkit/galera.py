@@ -78,6 +78,29 @@ class Node:
     def is_synced(self) -> bool:
         return self.status("wsrep_local_state_comment") == "Synced" and self.status("wsrep_ready") == "ON"
 
+    def query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of one read that sees every write the cluster committed (wsrep_sync_wait)."""
+        conn = self.connect(timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION wsrep_sync_wait = 1")
+                cur.execute(sql, args)
+                return list(cur.fetchall())
+        finally:
+            conn.close()
+
+    def statements(self) -> int:
+        """Statements clients ran on this node (inserts, updates, deletes, selects, commits, rollbacks);
+        write-sets applied from other nodes are not counted."""
+        conn = self.connect(timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SHOW GLOBAL STATUS WHERE Variable_name IN ('Com_insert', 'Com_update', 'Com_delete',"
+                            " 'Com_select', 'Com_commit', 'Com_rollback', 'Com_insert_select', 'Com_replace')")
+                return sum(int(v) for _, v in cur.fetchall())
+        finally:
+            conn.close()
+
 
 @dataclass
 class GaleraCluster:
@@ -148,6 +171,17 @@ class GaleraCluster:
                 return
             time.sleep(0.25)
         raise RuntimeError(f"node{index} not synced within {timeout} s:\n{self.log_tail(index)}")
+
+    def serving(self, database: str) -> int:
+        """The node the service's connections use (its processlist holds clients of the database)."""
+        for node in self.nodes:
+            try:
+                rows = node.query("SELECT COUNT(*) FROM information_schema.processlist WHERE db = %s", (database,))
+            except pymysql.err.MySQLError:  # a node that is down serves nobody
+                continue
+            if rows[0][0]:
+                return node.index
+        raise RuntimeError(f"no node holds a connection to {database}")
 
     def size(self, index: int = 0) -> int:
         value = self.nodes[index].status("wsrep_cluster_size")
