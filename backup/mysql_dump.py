@@ -42,11 +42,12 @@ AS_TEXT = {"datetime", "timestamp", "date", "time", "decimal", "year", "json"}
 REBUILT = {"audit_search"}  # made again from audit_events (see the module's docstring)
 
 
-def _connect(settings: SinkSettings, database: str | None = None, streaming: bool = False) -> pymysql.Connection:
+def _connect(settings: SinkSettings, database: str | None = "", streaming: bool = False) -> pymysql.Connection:
+    """A connection to sink.url's database (""), another one, or none (None: it may not exist yet)."""
     target, params = connect_params(settings)
     if streaming:
         params["cursorclass"] = pymysql.cursors.SSCursor
-    return target.connect("" if database is None else database, **params)
+    return target.connect(database, **params)
 
 
 def database_name(settings: SinkSettings) -> str:
@@ -99,7 +100,7 @@ def _dump_rows(cur: pymysql.cursors.SSCursor, name: str, columns: list[tuple[str
 def existing_rows(settings: SinkSettings, tables: list[str]) -> dict[str, int]:
     """Rows per table of the target database (a missing database or table counts 0)."""
     database = database_name(settings)
-    conn = _connect(settings, database="")
+    conn = _connect(settings, database=None)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT TABLE_NAME FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s", (database,))
@@ -122,7 +123,7 @@ def stage(settings: SinkSettings, tables: list[TableDump], collation: str,
     when missing); rows_of raises BackupDamaged for a damaged part, after
     which the staged tables are dropped."""
     database = database_name(settings)
-    conn = _connect(settings, database="")
+    conn = _connect(settings, database=None)
     try:
         with conn.cursor() as cur:
             cur.execute(f"CREATE DATABASE IF NOT EXISTS `{database}` CHARACTER SET utf8mb4 COLLATE {collation}")

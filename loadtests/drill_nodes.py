@@ -107,8 +107,8 @@ def scaling(folder: Path, cluster: GaleraCluster, shared: str, seconds: float) -
 
 
 class Deleter(threading.Thread):
-    """Creates a session with tasks through the proxy, then deletes it through the proxy; keeps the ids
-    whose DELETE was applied (200) or queued (202)."""
+    """Creates a session with tasks through the proxy, updates it and at once deletes it through the proxy;
+    keeps the ids whose DELETE was applied (200) or queued (202)."""
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
@@ -127,7 +127,10 @@ class Deleter(threading.Thread):
                     if http.post(SESSIONS, json={"sessions": [session(sid)]}).status_code != 202:
                         continue
                     http.post(TASKS, json={"tasks": [task(f"{sid}-t{i}", sid) for i in range(20)]})
-                    time.sleep(0.3)  # long enough for the session to reach the database from any node
+                    time.sleep(0.5)  # long enough for the session to reach the database from any node
+                    # An update acknowledged just before the delete, maybe by another node: the delete
+                    # must win (API.md: a write acknowledged before a delete must not bring the session back).
+                    http.post(SESSIONS, json={"sessions": [session(sid, status="processing")]})
                     answer = http.delete(f"/api/v1/translation/sessions/{sid}")
                 except httpx.HTTPError as exc:
                     self.other[type(exc).__name__] = self.other.get(type(exc).__name__, 0) + 1
