@@ -287,7 +287,8 @@ def faults(folder: Path, cluster: GaleraCluster, redis: RedisServer, shared: str
                        f" {len(validator.failures)} failed)")
         read = third.http.get(f"{FILES}/{upload.json()['file_id']}/content")
         check(read.status_code == 200 and read.content == content, "a file uploaded through node1 reads back"
-                                                                   " through node3")
+                                                                   f" through node3 ({read.status_code}"
+                                                                   f"{'' if read.status_code == 200 else ' ' + read.text[:200]})")
     finally:
         nodes.stop()
     return ok

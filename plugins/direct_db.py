@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,7 @@ from plugins.mysql_hosts import MysqlTarget
 from plugins.mysql_reader import CONVERSIONS
 
 CONNECTIONS = 4
+IDLE_CHECK_S = 2.0  # a connection idle longer than this is pinged before it is used
 DUPLICATE_KEY = 1062  # MySQL's ER_DUP_ENTRY
 WSREP_NOT_READY = 1047
 
@@ -177,7 +179,7 @@ class DirectDatabase:
         self._schemas = (mysql_schema, sqlite_schema)
         self._error = error
         self._what = what
-        self._idle: queue.LifoQueue[Any] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[tuple[Any, float]] = queue.LifoQueue()  # (connection, idle since)
         self._migrated = False
 
     @property
@@ -186,10 +188,7 @@ class DirectDatabase:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._connect()
+        conn = self._take()
         try:
             yield conn
         except (pymysql.err.Error, sqlite3.Error) as exc:
@@ -197,6 +196,7 @@ class DirectDatabase:
                 with contextlib.suppress(pymysql.err.Error):
                     conn.close()
                 conn = None
+                self._drop_idle()  # made to the same server: as likely dead as this one
                 if isinstance(self.dialect, Mysql) and exc.args and exc.args[0] == WSREP_NOT_READY:
                     self.dialect.target.failed()  # a Galera node outside the primary component: use the next
             duplicate = self.dialect.duplicate(exc)
@@ -205,8 +205,34 @@ class DirectDatabase:
             raise self._error(f"{self._what}: {exc}") from exc
         finally:
             if conn is not None and self._idle.qsize() < CONNECTIONS:
-                self._idle.put(conn)
+                self._idle.put((conn, time.monotonic()))
             elif conn is not None:
+                conn.close()
+
+    def _take(self) -> Any:
+        """An idle connection, checked with a ping when it has been idle a while (the server may have
+        restarted, or a Galera node left, meanwhile), else a new one."""
+        while True:
+            try:
+                conn, since = self._idle.get_nowait()
+            except queue.Empty:
+                return self._connect()
+            if time.monotonic() - since < IDLE_CHECK_S or not isinstance(self.dialect, Mysql):
+                return conn
+            try:
+                conn.ping(reconnect=False)
+                return conn
+            except pymysql.err.Error:
+                with contextlib.suppress(pymysql.err.Error):
+                    conn.close()
+
+    def _drop_idle(self) -> None:
+        while True:
+            try:
+                conn, _ = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            with contextlib.suppress(pymysql.err.Error, sqlite3.Error):
                 conn.close()
 
     def _connect(self) -> Any:
@@ -227,13 +253,21 @@ class DirectDatabase:
             return work(lambda sql, *args: cur.execute(self.dialect.sql(sql), args), cur)
 
     def read(self, sql: str, *args: Any) -> list[Any]:
-        with self.connection() as conn:
-            cur = conn.cursor()
-            cur.execute(self.dialect.sql(sql), args)
-            rows = cur.fetchall()
-            if isinstance(conn, pymysql.connections.Connection):
-                conn.rollback()  # end the read snapshot: the next read sees later commits
-            return list(rows)
+        for attempt in (1, 2):
+            try:
+                with self.connection() as conn:
+                    cur = conn.cursor()
+                    cur.execute(self.dialect.sql(sql), args)
+                    rows = cur.fetchall()
+                    if isinstance(conn, pymysql.connections.Connection):
+                        conn.rollback()  # end the read snapshot: the next read sees later commits
+                    return list(rows)
+            except SinkError as exc:
+                lost = isinstance(exc.__cause__, Exception) and self.dialect.is_lost(exc.__cause__)
+                if attempt == 2 or not lost:
+                    raise
+                # A read is safe to repeat: once, on a new connection (to the next node of a cluster).
+        raise AssertionError("unreachable")
 
     def migrate(self) -> None:
         with self.connection():
@@ -247,11 +281,7 @@ class DirectDatabase:
             return False
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        self._drop_idle()
 
 
 class DirectTables:

@@ -107,3 +107,29 @@ def test_mysql_ping_answers_false_when_the_database_is_down() -> None:
         assert sink.ping() is False
     finally:
         sink.close()
+
+
+def test_reads_of_users_and_files_work_at_once_after_the_database_restarts(
+        service_factory, private_db: PrivateMariaDB, tmp_path: Path) -> None:
+    """The query process keeps pooled connections for users and file metadata: after the server
+    restarts, the first read finds them dead and must not fail because of it."""
+    service = service_factory(private_db.url("ps_pool"), extra_toml=f'[files]\nurl = "file:///{tmp_path / "f"}"\n'
+                                                                    "[users]\nhash_time_cost = 1\n"
+                                                                    "hash_memory_kib = 8192\n")
+    http = service.http
+    user = http.post("/api/v1/users", json={"username": "pool", "email": "pool@example.com"})
+    assert user.status_code == 201, user.text
+    file = http.post("/api/v1/files", params={"filename": "a.txt"}, content=b"abc")
+    assert file.status_code == 201, file.text
+    # Fill each pool with idle connections (requests at once take several of them).
+    for _ in range(4):
+        assert http.get(f"/api/v1/users/{user.json()['user_id']}").status_code == 200
+        assert http.get(f"/api/v1/files/{file.json()['file_id']}").status_code == 200
+    private_db.stop()
+    private_db.start()
+    time.sleep(2.5)  # longer than the pool's idle check: a stale connection is pinged before use
+    for _ in range(6):
+        read = http.get(f"/api/v1/files/{file.json()['file_id']}")
+        assert read.status_code == 200, read.text
+        listed = http.get("/api/v1/users", params={"q": "pool"})
+        assert listed.status_code == 200 and listed.json()["items"], listed.text
