@@ -38,7 +38,7 @@ def apply_command(entry: SpoolEntry, sink: Sink, archiver: Archiver | None) -> A
         assert archiver is not None
         return Applied(archiver.restore(command.session_id, sink, entry.received_at_us))
     if isinstance(command, DeleteSession):
-        deleted = sink.delete_session(command.session_id)
+        deleted = sink.delete_session(command.session_id, entry.received_at_us)
         if deleted is None:
             return Applied(CommandNotFound(command.session_id))
         return Applied(Deleted(command.session_id, deleted), deleted_session=command.session_id)

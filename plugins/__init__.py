@@ -61,9 +61,14 @@ class Sink(Protocol):
         wins, whatever the order batches arrive in; created_at keeps the
         earliest. Replaying a batch is harmless."""
 
-    def delete_session(self, session_id: str) -> int | None:
+    def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
         """Delete a session and all its tasks; the number of tasks deleted, or
-        None when the session is not stored. Safe to replay."""
+        None when the session is not stored. Safe to replay. With deleted_at_us
+        (when the delete was accepted), its tombstone is kept in the same
+        transaction (see deletions)."""
+
+    def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
+        """Of these sessions, those deleted, with when each delete was accepted (µs)."""
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         """Set only the status, unless the stored record has a newer version;

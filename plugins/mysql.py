@@ -20,7 +20,7 @@ from core.settings import SinkSettings
 from plugins.mysql_hosts import MysqlTarget
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
-from plugins.tables import UPSERT_TABLES, Table, TableRows
+from plugins.tables import SESSION_DELETES, SESSION_DELETES_MYSQL, UPSERT_TABLES, Table, TableRows
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
@@ -89,6 +89,7 @@ class MysqlSink:
                 cur.execute(f"USE `{self._target.database}`")
                 for table in UPSERT_TABLES:
                     cur.execute(_create(table, collation))
+                cur.execute(SESSION_DELETES_MYSQL.format(collation=collation))
                 audit_mysql.migrate(cur, collation)
             conn.commit()
         except pymysql.err.MySQLError as exc:
@@ -120,15 +121,35 @@ class MysqlSink:
             self._drop()  # a bug met mid-transaction: closing the connection discards what it wrote
             raise
 
-    def delete_session(self, session_id: str) -> int | None:
+    def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
         def run(cur: pymysql.cursors.Cursor) -> int | None:
             cur.execute("SELECT 1 FROM translation_sessions WHERE session_id = %s", (session_id,))
             if not cur.fetchone():
                 return None
             deleted = self._delete_in_chunks(cur, "DELETE FROM translation_tasks WHERE session_id = %s", (session_id,))
             cur.execute("DELETE FROM translation_sessions WHERE session_id = %s", (session_id,))
+            if deleted_at_us is not None:
+                cur.execute(f"INSERT INTO {SESSION_DELETES} (session_id, deleted_at_us) VALUES (%s, %s)"
+                            " ON DUPLICATE KEY UPDATE deleted_at_us = GREATEST(deleted_at_us, VALUES(deleted_at_us))",
+                            (session_id, deleted_at_us))
             return deleted
         return self._run(run)
+
+    def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(session_ids)
+        found: dict[str, int] = {}
+        try:
+            conn = self._connection()
+            with conn.cursor() as cur:
+                for start in range(0, len(ids), 500):
+                    cur.execute(f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN %s",
+                                (ids[start:start + 500],))
+                    found.update((row[0], int(row[1])) for row in cur.fetchall())
+            conn.rollback()  # end the read transaction
+        except pymysql.err.MySQLError as exc:
+            self._rollback_or_drop(exc)
+            raise _convert(exc) from exc
+        return found
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         def run(cur: pymysql.cursors.Cursor) -> StatusChange | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from core.settings import SinkSettings
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.audit import sqlite as audit
-from plugins.tables import UPSERT_TABLES, Table, TableRows
+from plugins.tables import SESSION_DELETES, SESSION_DELETES_SQLITE, UPSERT_TABLES, Table, TableRows
 
 def _schema(table: Table) -> str:
     indexes = [*table.sqlite_indexes, *(f"{i.name} ({i.sqlite_columns})" for i in table.read_indexes)]
@@ -19,7 +19,7 @@ def _schema(table: Table) -> str:
                       for i in indexes)])
 
 
-SCHEMA = "".join(_schema(table) for table in UPSERT_TABLES) + audit.SCHEMA
+SCHEMA = "".join(_schema(table) for table in UPSERT_TABLES) + SESSION_DELETES_SQLITE + audit.SCHEMA
 
 
 def _upsert(table: str, columns: Sequence[str]) -> str:
@@ -68,13 +68,27 @@ class SqliteSink:
                 else:
                     conn.executemany(UPSERTS[part.table.name], part.rows)
 
-    def delete_session(self, session_id: str) -> int | None:
+    def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
         with self._transaction() as conn:
             if not conn.execute("SELECT 1 FROM translation_sessions WHERE session_id = ?", (session_id,)).fetchone():
                 return None
             deleted = conn.execute("DELETE FROM translation_tasks WHERE session_id = ?", (session_id,)).rowcount
             conn.execute("DELETE FROM translation_sessions WHERE session_id = ?", (session_id,))
+            if deleted_at_us is not None:
+                conn.execute(f"INSERT INTO {SESSION_DELETES} (session_id, deleted_at_us) VALUES (?, ?)"
+                             " ON CONFLICT (session_id) DO UPDATE SET"
+                             " deleted_at_us = max(deleted_at_us, excluded.deleted_at_us)", (session_id, deleted_at_us))
             return deleted
+
+    def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(session_ids)
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found.update(self._conn.execute(
+                f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN"
+                f" ({', '.join('?' * len(chunk))})", chunk).fetchall())
+        return found
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         with self._transaction() as conn:

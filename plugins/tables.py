@@ -181,6 +181,15 @@ AUDIT_TABLE = Table(
 
 # Every table, in the order a drain writes them (a parent before its children).
 TABLES: tuple[Table, ...] = (SESSION_TABLE, TASK_TABLE, AUDIT_TABLE)
+
+# A deleted session's tombstone: when the delete was accepted. A write of the session or of its tasks accepted
+# before then, still on its way through another node's spool, must not bring it back (DESIGN.md, several
+# nodes); one accepted after it is a new session of the same id. One row per explicit DELETE, kept.
+SESSION_DELETES = "translation_session_deletes"
+SESSION_DELETES_MYSQL = (f"CREATE TABLE IF NOT EXISTS {SESSION_DELETES} (session_id VARCHAR(36) NOT NULL PRIMARY KEY,"
+                         " deleted_at_us BIGINT NOT NULL) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}")
+SESSION_DELETES_SQLITE = (f"CREATE TABLE IF NOT EXISTS {SESSION_DELETES} (session_id TEXT NOT NULL PRIMARY KEY,"
+                          " deleted_at_us INTEGER NOT NULL);\n")
 # The tables written by the versioned upsert; the others are append-only (plugins/audit/).
 UPSERT_TABLES: tuple[Table, ...] = tuple(table for table in TABLES if table.kind.write == "upsert")
 TABLE_OF: dict[str, Table] = {table.kind.name: table for table in TABLES}

@@ -45,10 +45,10 @@ class BuggySink(SqliteSink):
             raise PlantedBug("lookup bug")
         return super().existing(table, ids)
 
-    def delete_session(self, session_id: str) -> int | None:
+    def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
         if session_id in self.bad_deletes:
             raise PlantedBug("delete bug")
-        return super().delete_session(session_id)
+        return super().delete_session(session_id, deleted_at_us)
 
 
 @pytest.fixture

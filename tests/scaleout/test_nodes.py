@@ -144,3 +144,27 @@ def test_files_login_sessions_and_user_changes_cross_nodes_at_once(nodes: Nodes)
         assert changed.status_code == 200, changed.text
         assert a.get(f"{USERS}/{user_id}").json()["status"] == "disabled"
         assert a.post(f"{USER_SESSIONS}/validate", json={"token": other.json()["token"]}).status_code == 401
+
+
+def test_a_delete_through_one_node_wins_over_older_writes_another_node_still_holds(
+        nodes: Nodes, mysql_url: str) -> None:
+    first, second = nodes.services[0], nodes.services[1]
+    assert first.post_sessions([session("gone")]).status_code == 202
+    assert first.post_tasks([task(f"gone-{i}", "gone") for i in range(5)]).status_code == 202
+    assert first.flush().status_code == 200
+    flusher = second.children()["flusher"][0]
+    os.kill(flusher, signal.SIGSTOP)  # node2 acknowledges but cannot drain yet: its writes wait in its spool
+    try:
+        assert second.post_sessions([session("gone", status="processing")]).status_code == 202
+        assert second.post_tasks([task(f"gone-{i}", "gone", status="completed") for i in range(8)]).status_code == 202
+        deleted = first.http.delete("/api/v1/translation/sessions/gone")
+        assert deleted.status_code == 200 and deleted.json()["deleted_tasks"] == 5, deleted.text
+    finally:
+        os.kill(flusher, signal.SIGCONT)
+    assert second.flush().status_code == 200  # the older writes reach the database after the delete
+    assert [r for r in sink_rows(mysql_url, "translation_sessions", "session_id") if r["session_id"] == "gone"] == []
+    assert stored_texts(mysql_url, "gone") == {}
+    # A write accepted after the delete is a new session of the same id.
+    assert second.post_sessions([session("gone")]).status_code == 202
+    assert second.flush().status_code == 200
+    assert second.http.get("/api/v1/translation/sessions/gone").status_code == 200
