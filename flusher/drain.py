@@ -126,7 +126,6 @@ class Drainer:
                            b.payload or b.entry.payload) for b in batch.bad]
         for item in self._held_items(held, dead):
             merge(batch.of(HELD_KIND), item)
-        self._drop_deleted(batch)
         groups: list[Group] = []
         orphans: list[Item] = []
         for kind in KINDS:  # parents first, so a child finds its parent in this very batch
@@ -225,29 +224,6 @@ class Drainer:
                 keep.append(item)
         return keep, expired
 
-    def _drop_deleted(self, batch: Coalesced) -> None:
-        """Drop the writes of sessions, and of their tasks, accepted before that session was deleted. Within
-        one spool the delete already comes after them; this is for writes that another node's spool
-        carried, which the delete could not wait for (the sink keeps each delete's acceptance time)."""
-        parent = BY_NAME[HELD_KIND.parent_kind or ""]
-        sessions, tasks = batch.of(parent), batch.of(HELD_KIND)
-        ids = set(sessions) | {HELD_KIND.parent(item.record) for item in tasks.values()}
-        deleted = self._sink.deletions(ids) if ids else {}
-        if not deleted:
-            return
-        known = self._known.setdefault(parent.name, set())
-        known.difference_update(deleted)  # perhaps deleted since it was seen stored: look again
-        stale = [k for k, item in sessions.items() if item.received_at_us <= deleted.get(k, -1)]
-        for key in stale:
-            del sessions[key]
-        stale_tasks = [k for k, item in tasks.items()
-                       if item.received_at_us <= deleted.get(HELD_KIND.parent(item.record), -1)]
-        for key in stale_tasks:
-            del tasks[key]
-        if stale or stale_tasks:
-            logger.info("dropped %d session and %d task writes accepted before their session was deleted",
-                        len(stale), len(stale_tasks))
-
     def _separate_orphans(self, kind: RecordKind, items: list[Item], batch: Coalesced) -> tuple[list[Item], list[Item]]:
         """(writable, orphans): items whose parent is in this batch or stored, and the others."""
         assert kind.parent_kind is not None
@@ -290,7 +266,11 @@ class Drainer:
         if not groups:
             return []
         try:
-            self._sink.write([TableRows(table, [row for _, row in pairs]) for table, pairs in groups])
+            deleted = self._sink.write([TableRows(table, [row for _, row in pairs],
+                                                  [item.received_at_us for item, _ in pairs])
+                                        for table, pairs in groups])
+            if deleted:  # deleted (perhaps through another node) since seen stored: look again next time
+                self._known.setdefault(HELD_KIND.parent_kind or "", set()).difference_update(deleted)
             return []
         except TransientSinkError:
             raise

@@ -55,11 +55,13 @@ class Sink(Protocol):
     def migrate(self) -> None:
         """Create the database objects when missing; safe to run repeatedly and concurrently."""
 
-    def write(self, batch: Sequence[TableRows]) -> None:
+    def write(self, batch: Sequence[TableRows]) -> set[str]:
         """Upsert every table's rows, in the order given (parents first), in one
         transaction. Per key the row with the highest updated_at (the version)
         wins, whatever the order batches arrive in; created_at keeps the
-        earliest. Replaying a batch is harmless."""
+        earliest. Replaying a batch is harmless. Rows whose acceptance time is
+        given and is not after their session's delete are left out; returns the
+        sessions of the batch that have such a delete."""
 
     def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
         """Delete a session and all its tasks; the number of tasks deleted, or

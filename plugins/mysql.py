@@ -20,7 +20,8 @@ from core.settings import SinkSettings
 from plugins.mysql_hosts import MysqlTarget
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
-from plugins.tables import SESSION_DELETES, SESSION_DELETES_MYSQL, UPSERT_TABLES, Table, TableRows
+from plugins.tables import (SESSION_DELETES, SESSION_DELETES_MYSQL, UPSERT_TABLES, Table, TableRows,
+                            deleted_sessions_in, without_deleted)
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
@@ -97,14 +98,19 @@ class MysqlSink:
         finally:
             conn.close()
 
-    def write(self, batch: Sequence[TableRows]) -> None:
+    def write(self, batch: Sequence[TableRows]) -> set[str]:
         """One transaction, table by table; per key the highest updated_at wins
-        (an append-only table: the first write of a key, plugins/audit/)."""
+        (an append-only table: the first write of a key, plugins/audit/).
+        Rows accepted before their session's delete are left out: the
+        tombstones are read first, under a shared lock, so a delete that
+        commits meanwhile waits for this transaction and then removes its rows."""
         from plugins.audit import mysql as audit_mysql  # not at the top: an import cycle (via direct_db)
         try:
             conn = self._connection()
             with conn.cursor() as cur:
-                for part in batch:
+                ids = deleted_sessions_in(batch)
+                deleted = _deletions(cur, ids, lock=True) if ids else {}
+                for part in without_deleted(batch, deleted):
                     if not part.rows:
                         continue
                     if part.table.kind.write == "append":
@@ -114,6 +120,7 @@ class MysqlSink:
                     for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
                         cur.execute(statement)
             conn.commit()
+            return set(deleted)
         except pymysql.err.MySQLError as exc:
             self._rollback_or_drop(exc)
             raise _convert(exc) from exc
@@ -126,30 +133,17 @@ class MysqlSink:
             cur.execute("SELECT 1 FROM translation_sessions WHERE session_id = %s", (session_id,))
             if not cur.fetchone():
                 return None
-            deleted = self._delete_in_chunks(cur, "DELETE FROM translation_tasks WHERE session_id = %s", (session_id,))
-            cur.execute("DELETE FROM translation_sessions WHERE session_id = %s", (session_id,))
-            if deleted_at_us is not None:
+            if deleted_at_us is not None:  # first: a write that read no tombstone yet holds its rows' locks
                 cur.execute(f"INSERT INTO {SESSION_DELETES} (session_id, deleted_at_us) VALUES (%s, %s)"
                             " ON DUPLICATE KEY UPDATE deleted_at_us = GREATEST(deleted_at_us, VALUES(deleted_at_us))",
                             (session_id, deleted_at_us))
+            deleted = self._delete_in_chunks(cur, "DELETE FROM translation_tasks WHERE session_id = %s", (session_id,))
+            cur.execute("DELETE FROM translation_sessions WHERE session_id = %s", (session_id,))
             return deleted
         return self._run(run)
 
     def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
-        ids = list(session_ids)
-        found: dict[str, int] = {}
-        try:
-            conn = self._connection()
-            with conn.cursor() as cur:
-                for start in range(0, len(ids), 500):
-                    cur.execute(f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN %s",
-                                (ids[start:start + 500],))
-                    found.update((row[0], int(row[1])) for row in cur.fetchall())
-            conn.rollback()  # end the read transaction
-        except pymysql.err.MySQLError as exc:
-            self._rollback_or_drop(exc)
-            raise _convert(exc) from exc
-        return found
+        return self._run(lambda cur: _deletions(cur, set(session_ids), lock=False))
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         def run(cur: pymysql.cursors.Cursor) -> StatusChange | None:
@@ -285,6 +279,16 @@ def _key_collation(cur: pymysql.cursors.Cursor) -> str:
     # the flusher's coalescing does: 'a' and 'a ' are different tasks.
     cur.execute("SELECT VERSION()")
     return "utf8mb4_nopad_bin" if "mariadb" in cur.fetchone()[0].lower() else "utf8mb4_0900_bin"
+
+
+def _deletions(cur: pymysql.cursors.Cursor, ids: set[str], lock: bool) -> dict[str, int]:
+    found: dict[str, int] = {}
+    listed = sorted(ids)
+    for start in range(0, len(listed), 500):
+        cur.execute(f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN %s"
+                    + (" LOCK IN SHARE MODE" if lock else ""), (listed[start:start + 500],))
+        found.update((row[0], int(row[1])) for row in cur.fetchall())
+    return found
 
 
 def _max_statement_bytes(conn: pymysql.connections.Connection) -> int:

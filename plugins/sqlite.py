@@ -10,7 +10,8 @@ from pathlib import Path
 from core.settings import SinkSettings
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.audit import sqlite as audit
-from plugins.tables import SESSION_DELETES, SESSION_DELETES_SQLITE, UPSERT_TABLES, Table, TableRows
+from plugins.tables import (SESSION_DELETES, SESSION_DELETES_SQLITE, UPSERT_TABLES, Table, TableRows,
+                            deleted_sessions_in, without_deleted)
 
 def _schema(table: Table) -> str:
     indexes = [*table.sqlite_indexes, *(f"{i.name} ({i.sqlite_columns})" for i in table.read_indexes)]
@@ -38,6 +39,16 @@ CLEANUP_CHUNK = 100  # sessions per cleanup transaction
 UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
 
 
+def _deletions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    listed = sorted(ids)
+    for start in range(0, len(listed), 500):
+        chunk = listed[start:start + 500]
+        found.update(conn.execute(f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN"
+                                  f" ({', '.join('?' * len(chunk))})", chunk).fetchall())
+    return found
+
+
 class SqliteSink:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -56,39 +67,36 @@ class SqliteSink:
         """Create tables and indexes when missing."""
         self._conn.executescript(SCHEMA)
 
-    def write(self, batch: Sequence[TableRows]) -> None:
+    def write(self, batch: Sequence[TableRows]) -> set[str]:
         """One transaction, table by table; per key the highest updated_at wins
-        (an append-only table: the first write of a key)."""
+        (an append-only table: the first write of a key). Rows accepted before
+        their session's delete are left out."""
         with self._transaction() as conn:
-            for part in batch:
+            ids = deleted_sessions_in(batch)
+            deleted = _deletions(conn, ids) if ids else {}
+            for part in without_deleted(batch, deleted):
                 if not part.rows:
                     continue
                 if part.table.kind.write == "append":
                     audit.append_events(conn, part.rows)
                 else:
                     conn.executemany(UPSERTS[part.table.name], part.rows)
+        return set(deleted)
 
     def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
         with self._transaction() as conn:
             if not conn.execute("SELECT 1 FROM translation_sessions WHERE session_id = ?", (session_id,)).fetchone():
                 return None
-            deleted = conn.execute("DELETE FROM translation_tasks WHERE session_id = ?", (session_id,)).rowcount
-            conn.execute("DELETE FROM translation_sessions WHERE session_id = ?", (session_id,))
             if deleted_at_us is not None:
                 conn.execute(f"INSERT INTO {SESSION_DELETES} (session_id, deleted_at_us) VALUES (?, ?)"
                              " ON CONFLICT (session_id) DO UPDATE SET"
                              " deleted_at_us = max(deleted_at_us, excluded.deleted_at_us)", (session_id, deleted_at_us))
+            deleted = conn.execute("DELETE FROM translation_tasks WHERE session_id = ?", (session_id,)).rowcount
+            conn.execute("DELETE FROM translation_sessions WHERE session_id = ?", (session_id,))
             return deleted
 
     def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
-        ids = list(session_ids)
-        found: dict[str, int] = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            found.update(self._conn.execute(
-                f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN"
-                f" ({', '.join('?' * len(chunk))})", chunk).fetchall())
-        return found
+        return _deletions(self._conn, set(session_ids))
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         with self._transaction() as conn:

@@ -11,11 +11,12 @@ accepted its key.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from msgspec import Struct
 
 from persistence_api.audit import AuditEvent
@@ -45,6 +46,7 @@ class Table:
     sqlite_indexes: tuple[str, ...] = ()  # (column list) per write-side index
     json_columns: tuple[str, ...] = ()  # stored JSON: read back as its text
     read_indexes: tuple[ReadIndex, ...] = ()
+    session_column: str | None = None  # the translation session a row belongs to (a session delete ends it)
 
     @property
     def key(self) -> str:
@@ -86,7 +88,7 @@ SESSION_TABLE = Table(
     kind=SESSIONS, name="translation_sessions",
     columns=("session_id", "filename", "file_path", "status", "llm_provider", "game_info", "metadata",
              "total_tasks", "completed_tasks", "failed_tasks", "processing_tasks", "created_at", "updated_at"),
-    to_row=session_row,
+    to_row=session_row, session_column="session_id",
     mysql_columns="""
         session_id VARCHAR(36) NOT NULL PRIMARY KEY,
         filename VARCHAR(255) NOT NULL,
@@ -122,7 +124,7 @@ TASK_TABLE = Table(
     columns=("task_id", "session_id", "batch_id", "sheet_name", "row_index", "column_name", "source_text",
              "target_text", "context", "status", "confidence", "error_message", "retry_count",
              "start_time", "end_time", "duration_ms", "created_at", "updated_at"),
-    to_row=task_row,
+    to_row=task_row, session_column="session_id",
     mysql_columns="""
         task_id VARCHAR(64) NOT NULL PRIMARY KEY,
         session_id VARCHAR(36) NOT NULL,
@@ -196,6 +198,34 @@ TABLE_OF: dict[str, Table] = {table.kind.name: table for table in TABLES}
 
 
 class TableRows(Struct):
-    """Rows for one table, sorted by key: what Sink.write takes, one per table, in TABLES order."""
+    """Rows for one table, sorted by key: what Sink.write takes, one per table, in TABLES order.
+    accepted_us, when given, says when each row's record was accepted: a row accepted before its
+    session's delete is not written (see SESSION_DELETES)."""
     table: Table
     rows: list[Row]
+    accepted_us: list[int] = msgspec.field(default_factory=list)
+
+
+def deleted_sessions_in(batch: Sequence[TableRows]) -> set[str]:
+    """The sessions the rows of this batch that carry acceptance times belong to."""
+    ids: set[str] = set()
+    for part in batch:
+        if part.accepted_us and part.table.session_column is not None:
+            column = part.table.columns.index(part.table.session_column)
+            ids.update(row[column] for row in part.rows)
+    return ids
+
+
+def without_deleted(batch: Sequence[TableRows], deleted: dict[str, int]) -> list[TableRows]:
+    """The batch without the rows accepted before their session was deleted (deleted: id -> when)."""
+    if not deleted:
+        return list(batch)
+    out = []
+    for part in batch:
+        if not part.accepted_us or part.table.session_column is None:
+            out.append(part)
+            continue
+        column = part.table.columns.index(part.table.session_column)
+        kept = [(row, at) for row, at in zip(part.rows, part.accepted_us) if at > deleted.get(row[column], -1)]
+        out.append(TableRows(part.table, [row for row, _ in kept], [at for _, at in kept]))
+    return out

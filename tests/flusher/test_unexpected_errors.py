@@ -34,10 +34,10 @@ class BuggySink(SqliteSink):
     bad_lookups: set[str] = set()
     bad_deletes: set[str] = set()
 
-    def write(self, batch: Sequence[TableRows]) -> None:
+    def write(self, batch: Sequence[TableRows]) -> set[str]:
         if any(row[0] in self.bad_rows for part in batch for row in part.rows):
             raise PlantedBug("row bug")
-        super().write(batch)
+        return super().write(batch)
 
     def existing(self, table: Table, keys: Iterable[str]) -> set[str]:
         ids = set(keys)

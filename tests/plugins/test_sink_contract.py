@@ -120,6 +120,20 @@ def test_a_delete_keeps_when_it_was_accepted_and_a_missing_session_leaves_no_mar
     assert sink.deletions([]) == {}
 
 
+def test_writes_accepted_before_their_sessions_delete_are_left_out(sink: Sink, sink_url: str) -> None:
+    _write(sink, [_session("s-1", T0), _session("s-2", T0)], [_task("a-1", T0), _task("b-1", T0, session_id="s-2")])
+    assert sink.delete_session("s-1", 1_000) == 1
+    # Writes another node accepted before the delete (at 999) and after it (at 1001), arriving after it.
+    found = sink.write([TableRows(SESSION_TABLE, [_session("s-1", T0 + 5), _session("s-2", T0 + 5)], [999, 999]),
+                        TableRows(TASK_TABLE, [_task("a-1", T0 + 5), _task("a-2", T0 + 5),
+                                               _task("b-2", T0 + 5, session_id="s-2")], [999, 1_001, 999])])
+    assert found == {"s-1"}
+    assert [r["session_id"] for r in sink_rows(sink_url, "translation_sessions")] == ["s-2"]
+    assert set(_tasks(sink_url)) == {"a-2", "b-1", "b-2"}  # a-2 came after the delete: kept (an orphan now)
+    assert sink.write([TableRows(SESSION_TABLE, [_session("s-1", T0 + 6)])]) == set()  # no times: no check
+    assert {r["session_id"] for r in sink_rows(sink_url, "translation_sessions")} == {"s-1", "s-2"}
+
+
 def test_set_session_status_respects_versions(sink: Sink, sink_url: str) -> None:
     _write(sink, [_session("s-1", T0 + 100)], [])
     assert sink.set_session_status("s-1", "processing", db_text(T0 + 100)) == StatusChange(True, "processing")
