@@ -21,7 +21,7 @@ from plugins.mysql_hosts import MysqlTarget
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
 from plugins.tables import (SESSION_DELETES, SESSION_DELETES_MYSQL, UPSERT_TABLES, Table, TableRows,
-                            deleted_sessions_in, without_deleted)
+                            deleted_sessions_in, rows_left, without_deleted)
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
 # OperationalError), and a statement too large for max_allowed_packet
@@ -101,26 +101,35 @@ class MysqlSink:
     def write(self, batch: Sequence[TableRows]) -> set[str]:
         """One transaction, table by table; per key the highest updated_at wins
         (an append-only table: the first write of a key, plugins/audit/).
-        Rows accepted before their session's delete are left out: the
-        tombstones are read first, under a shared lock, so a delete that
-        commits meanwhile waits for this transaction and then removes its rows."""
+        Rows accepted before their session's delete are left out. The
+        tombstones are read after the upserts, under a shared lock: a delete
+        that committed before (even one this transaction's upsert waited for)
+        is seen, and one still running waits for this commit and then removes
+        these rows. When the read finds a delete the rows written did not
+        allow for, the transaction is rolled back and written again without
+        them (rare: a delete through another node while its writes drain)."""
         from plugins.audit import mysql as audit_mysql  # not at the top: an import cycle (via direct_db)
+        ids = deleted_sessions_in(batch)
+        deleted: dict[str, int] = {}
         try:
             conn = self._connection()
-            with conn.cursor() as cur:
-                ids = deleted_sessions_in(batch)
-                deleted = _deletions(cur, ids, lock=True) if ids else {}
-                for part in without_deleted(batch, deleted):
-                    if not part.rows:
-                        continue
-                    if part.table.kind.write == "append":
-                        audit_mysql.append_events(cur, part.rows, self._max_stmt_bytes)
-                        continue
-                    prefix, suffix = UPSERTS[part.table.name]
-                    for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
-                        cur.execute(statement)
-            conn.commit()
-            return set(deleted)
+            while True:
+                with conn.cursor() as cur:
+                    for part in without_deleted(batch, deleted):
+                        if not part.rows:
+                            continue
+                        if part.table.kind.write == "append":
+                            audit_mysql.append_events(cur, part.rows, self._max_stmt_bytes)
+                            continue
+                        prefix, suffix = UPSERTS[part.table.name]
+                        for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
+                            cur.execute(statement)
+                    found = _deletions(cur, ids, lock=True) if ids else {}
+                if rows_left(batch, found) == rows_left(batch, deleted):
+                    conn.commit()
+                    return set(found)
+                conn.rollback()  # tombstones only grow: this ends
+                deleted = found
         except pymysql.err.MySQLError as exc:
             self._rollback_or_drop(exc)
             raise _convert(exc) from exc
@@ -133,7 +142,7 @@ class MysqlSink:
             cur.execute("SELECT 1 FROM translation_sessions WHERE session_id = %s", (session_id,))
             if not cur.fetchone():
                 return None
-            if deleted_at_us is not None:  # first: a write that read no tombstone yet holds its rows' locks
+            if deleted_at_us is not None:  # first: a write that reads tombstones after its upserts waits for it
                 cur.execute(f"INSERT INTO {SESSION_DELETES} (session_id, deleted_at_us) VALUES (%s, %s)"
                             " ON DUPLICATE KEY UPDATE deleted_at_us = GREATEST(deleted_at_us, VALUES(deleted_at_us))",
                             (session_id, deleted_at_us))

@@ -216,6 +216,10 @@ def deleted_sessions_in(batch: Sequence[TableRows]) -> set[str]:
     return ids
 
 
+def rows_left(batch: Sequence[TableRows], deleted: dict[str, int]) -> int:
+    return sum(len(part.rows) for part in without_deleted(batch, deleted))
+
+
 def without_deleted(batch: Sequence[TableRows], deleted: dict[str, int]) -> list[TableRows]:
     """The batch without the rows accepted before their session was deleted (deleted: id -> when)."""
     if not deleted:
