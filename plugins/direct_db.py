@@ -26,7 +26,7 @@ from core.settings import SinkSettings
 from plugins import SinkError
 from plugins.mysql import ISOLATION, READ_TIMEOUT_S, SESSION_INIT
 from plugins.mysql_hosts import MysqlTarget
-from plugins.mysql_reader import CONVERSIONS
+from plugins.mysql_reader import CONVERSIONS, SYNC_WAIT
 
 CONNECTIONS = 4
 IDLE_CHECK_S = 2.0  # a connection idle longer than this is pinged before it is used
@@ -93,6 +93,8 @@ class Mysql(Dialect):
         conn = self.target.connect(**self.params)
         with conn.cursor() as cur:
             cur.execute(ISOLATION)
+            if self.target.is_cluster:
+                cur.execute(SYNC_WAIT)  # users and files read right after another node wrote them
         return conn
 
     def migrate(self, conn: Any, mysql: Sequence[str], sqlite: str) -> None:

@@ -56,6 +56,11 @@ _TASK_ID = TASK_TABLE.columns.index("task_id")
 _JSON_ROWS = msgspec.json.Decoder(list[tuple])
 
 
+# On a Galera cluster a node applies others' commits a moment after they are certified: a read waits until
+# this node has applied everything committed before it started, so a read after /flush sees the flush.
+SYNC_WAIT = "SET SESSION wsrep_sync_wait = 1"
+
+
 class MysqlReader(SqlReader):
     def __init__(self, settings: SinkSettings) -> None:
         self._target = MysqlTarget(settings.url)
@@ -71,6 +76,8 @@ class MysqlReader(SqlReader):
         conn = self._target.connect(**self._params)
         with conn.cursor() as cur:
             cur.execute(ISOLATION)
+            if self._target.is_cluster:
+                cur.execute(SYNC_WAIT)
         return conn
 
     def ensure_indexes(self) -> None:

@@ -12,6 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.settings import SinkSettings
+from plugins.direct_db import Mysql
+from plugins.mysql import MysqlSink
+from plugins.mysql_reader import MysqlReader
 from testkit.galera import GaleraCluster, available
 from testkit.service import Service, session, task
 from tests.backup.test_backups import Writer, version_time
@@ -76,3 +80,23 @@ def test_writes_survive_kill_9_of_galera_nodes(cluster: GaleraCluster, service_f
                  if not acked.get(t, 0) <= int(stored[t][1:] if stored[t] else 0) <= sent.get(t, 0)}
         assert not wrong, f"node{node.index}: {len(wrong)} tasks not at their last acknowledged version: " \
                           f"{list(wrong.items())[:3]}"
+
+
+def test_reads_on_a_cluster_wait_for_every_commit_before_them(cluster: GaleraCluster) -> None:
+    """wsrep_sync_wait on the readers' and the direct writers' connections: a read on one node sees what
+    another node committed just before (the service reads right after /flush, or after another node
+    created a user)."""
+    settings = SinkSettings(url=cluster.url(f"ps_sync_{uuid.uuid4().hex[:8]}"))
+    MysqlSink(settings).migrate()
+    reader = MysqlReader(settings)
+    direct = Mysql(settings)
+    try:
+        waits = reader._run(lambda cur: (cur.execute("SELECT @@session.wsrep_sync_wait"), cur.fetchone())[1])
+        assert waits == (1,)
+        conn = direct.connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@session.wsrep_sync_wait")
+            assert cur.fetchone() == (1,)
+        conn.close()
+    finally:
+        reader.close()

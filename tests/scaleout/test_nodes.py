@@ -161,10 +161,14 @@ def test_a_delete_through_one_node_wins_over_older_writes_another_node_still_hol
         assert deleted.status_code == 200 and deleted.json()["deleted_tasks"] == 5, deleted.text
     finally:
         os.kill(flusher, signal.SIGCONT)
-    assert second.flush().status_code == 200  # the older writes reach the database after the delete
-    assert [r for r in sink_rows(mysql_url, "translation_sessions", "session_id") if r["session_id"] == "gone"] == []
-    assert stored_texts(mysql_url, "gone") == {}
+    flushed = second.flush()  # the older writes reach the database after the delete
+    assert flushed.status_code == 200, flushed.text
+    back = [r for r in sink_rows(mysql_url, "translation_sessions", "session_id, status")
+            if r["session_id"] == "gone"]
+    assert back == [], f"{back}\nnode1:\n{first.tail(15)}\nnode2:\n{second.tail(15)}"
+    assert stored_texts(mysql_url, "gone") == {}, f"node2:\n{second.tail(15)}"
     # A write accepted after the delete is a new session of the same id.
     assert second.post_sessions([session("gone")]).status_code == 202
     assert second.flush().status_code == 200
-    assert second.http.get("/api/v1/translation/sessions/gone").status_code == 200
+    again = second.http.get("/api/v1/translation/sessions/gone")
+    assert again.status_code == 200, again.text
