@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import pymysql
 
 DEFAULT_PORT = 3306
+CONNECT_TIMEOUT_S = 10  # pymysql's default
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -31,15 +32,6 @@ def _host_port(text: str) -> tuple[str, int]:
     if port and not port.isdigit():
         raise ValueError("a port is not a number")
     return host or "127.0.0.1", int(port) if port else DEFAULT_PORT
-
-
-def is_readable(url: str) -> bool:
-    """Every host:port of a mysql URL parses (no credential is echoed on failure)."""
-    try:
-        MysqlTarget(url)
-        return True
-    except ValueError:
-        return False
 
 
 class MysqlTarget:
@@ -69,8 +61,12 @@ class MysqlTarget:
             index = (start + step) % len(self.hosts)
             host, port = self.hosts[index]
             try:
+                # A node that accepts the TCP connection and never greets (stopped, or its machine hung) must
+                # cost connect_timeout, not read_timeout: the handshake reads with the first, queries the second.
+                options = {**params, "read_timeout": params.get("connect_timeout", CONNECT_TIMEOUT_S)}
                 conn = pymysql.connect(host=host, port=port, user=self.user, password=self.password,
-                                       database=self.database if database == "" else database, **params)
+                                       database=self.database if database == "" else database, **options)
+                conn._read_timeout = params.get("read_timeout")  # pymysql applies it at each read
             except pymysql.err.OperationalError as exc:
                 last = exc
                 continue
