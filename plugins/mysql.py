@@ -1,7 +1,8 @@
 """MySQL / MariaDB sink (pymysql).
 
-Each batch is one multi-row `INSERT ... ON DUPLICATE KEY UPDATE` per table
-and one COMMIT: two statements per 1000 rows. Every updated column is guarded
+Each batch is one multi-row `INSERT ... ON DUPLICATE KEY UPDATE` per table,
+one read of the deletes' tombstones and one COMMIT: three statements per 1000
+rows (docs/BENCHMARKS.md). Every updated column is guarded
 by the version, so a stale row arriving late changes nothing; updated_at is
 assigned last because MySQL evaluates the assignments left to right. Audit
 events (append-only, hash-chained) are stored by plugins/audit/mysql.py in the
