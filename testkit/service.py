@@ -111,6 +111,7 @@ class Service:
         self.config.write_text(CONFIG.format(ingest_port=self.ingest_port, query_port=self.query_port,
                                              sink_url=sink_url, **options))
         self.log = folder / "service.log"
+        self.env: dict[str, str] = {}  # added to the environment of every process of the service
         self.proc: subprocess.Popen | None = None
         self.http = httpx.Client(base_url=f"http://{self.host}:{self.ingest_port}", timeout=30)
 
@@ -125,7 +126,8 @@ class Service:
         log = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "core.cli", "--config", str(self.config), "run"],
-            cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **self.env})
         log.close()
         if wait:
             self.wait_ready()
