@@ -67,10 +67,7 @@ class Sink(Protocol):
         """Delete a session and all its tasks; the number of tasks deleted, or
         None when the session is not stored. Safe to replay. With deleted_at_us
         (when the delete was accepted), its tombstone is kept in the same
-        transaction (see deletions)."""
-
-    def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
-        """Of these sessions, those deleted, with when each delete was accepted (µs)."""
+        transaction: writes accepted before then are left out from now on (see write)."""
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         """Set only the status, unless the stored record has a newer version;

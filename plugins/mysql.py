@@ -125,7 +125,7 @@ class MysqlSink:
                         prefix, suffix = UPSERTS[part.table.name]
                         for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
                             cur.execute(statement)
-                    found = _deletions(cur, ids, lock=True) if ids else {}
+                    found = _deletions(cur, ids) if ids else {}
                 if rows_left(batch, found) == rows_left(batch, deleted):
                     conn.commit()
                     return set(found)
@@ -151,9 +151,6 @@ class MysqlSink:
             cur.execute("DELETE FROM translation_sessions WHERE session_id = %s", (session_id,))
             return deleted
         return self._run(run)
-
-    def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
-        return self._run(lambda cur: _deletions(cur, set(session_ids), lock=False))
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         def run(cur: pymysql.cursors.Cursor) -> StatusChange | None:
@@ -291,12 +288,13 @@ def _key_collation(cur: pymysql.cursors.Cursor) -> str:
     return "utf8mb4_nopad_bin" if "mariadb" in cur.fetchone()[0].lower() else "utf8mb4_0900_bin"
 
 
-def _deletions(cur: pymysql.cursors.Cursor, ids: set[str], lock: bool) -> dict[str, int]:
+def _deletions(cur: pymysql.cursors.Cursor, ids: set[str]) -> dict[str, int]:
+    """When each of these sessions was last deleted, read under a shared lock (see write)."""
     found: dict[str, int] = {}
     listed = sorted(ids)
     for start in range(0, len(listed), 500):
         cur.execute(f"SELECT session_id, deleted_at_us FROM {SESSION_DELETES} WHERE session_id IN %s"
-                    + (" LOCK IN SHARE MODE" if lock else ""), (listed[start:start + 500],))
+                    " LOCK IN SHARE MODE", (listed[start:start + 500],))
         found.update((row[0], int(row[1])) for row in cur.fetchall())
     return found
 

@@ -95,9 +95,6 @@ class SqliteSink:
             conn.execute("DELETE FROM translation_sessions WHERE session_id = ?", (session_id,))
             return deleted
 
-    def deletions(self, session_ids: Iterable[str]) -> dict[str, int]:
-        return _deletions(self._conn, set(session_ids))
-
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         with self._transaction() as conn:
             row = conn.execute("SELECT updated_at <= ?, status FROM translation_sessions WHERE session_id = ?",

@@ -10,10 +10,24 @@ from pathlib import Path
 
 import pymysql
 import pytest
+import redis
 
 from testkit.mariadb import PrivateMariaDB
 from testkit.seaweed import SeaweedS3
 from testkit.service import MYSQL_HOST, MYSQL_PORT, Service
+
+
+SHARED_REDIS = "redis://127.0.0.1:6379/11"  # a database of the tests' own on the shared Redis
+
+
+@pytest.fixture
+def shared_redis() -> Iterator[str]:
+    """The Redis on 127.0.0.1:6379, in the tests' database, emptied before and after."""
+    client = redis.Redis.from_url(SHARED_REDIS)
+    client.flushdb()
+    yield SHARED_REDIS
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture

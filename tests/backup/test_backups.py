@@ -70,16 +70,15 @@ class Writer(threading.Thread):
     the client; target_text says the version), remembering per task the last
     version acknowledged and the highest sent."""
 
-    def __init__(self, service: Service, session_id: str, task_ids: list[str], pause: float = 0.0) -> None:
+    def __init__(self, service: Service, session_id: str, task_ids: list[str]) -> None:
         super().__init__(daemon=True)
-        self.service, self.session_id, self.task_ids, self.pause = service, session_id, task_ids, pause
+        self.service, self.session_id, self.task_ids = service, session_id, task_ids
         self.acked: dict[str, int] = {}
         self.sent: dict[str, int] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.version = 0
         self.requests = 0
-        self.refused = 0
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -92,16 +91,10 @@ class Writer(threading.Thread):
                     self.sent[task_id] = version
             answer = self.service.post_tasks([task(t, self.session_id, target_text=f"v{v}", status="completed",
                                                    updated_at=version_time(v)) for t, v in batch.items()])
-            if answer.status_code in (429, 503):  # pushed back: sent but not acknowledged; wait as told
-                self.refused += 1
-                time.sleep(min(float(answer.headers.get("Retry-After", "1")), 1.0))
-                continue
             assert answer.status_code == 202, answer.text
             self.requests += 1
             with self.lock:
                 self.acked.update(batch)
-            if self.pause:
-                time.sleep(self.pause)
 
     def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
         with self.lock:

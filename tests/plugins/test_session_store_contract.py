@@ -34,20 +34,11 @@ from plugins.sessions import (
 )
 from plugins.sessions.redis import RedisSessionStore
 from testkit.redis_server import RedisServer
+from tests.conftest import SHARED_REDIS
 
-SHARED_REDIS = "redis://127.0.0.1:6379/9"
 S = 1_000_000  # µs per second
 HOUR = 3600 * S
 IDLE = 600 * S  # a 10 min window: the slide is written from 6 s on
-
-
-@pytest.fixture
-def shared_redis() -> Iterator[str]:
-    client = redis.Redis.from_url(SHARED_REDIS)
-    client.flushdb()
-    yield SHARED_REDIS
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture(params=["redis", "sqlite"])

@@ -17,8 +17,8 @@ from plugins.direct_db import Mysql
 from plugins.mysql import MysqlSink
 from plugins.mysql_reader import MysqlReader
 from testkit.galera import GaleraCluster, available
+from testkit.nodes import VersionWriter, version_time
 from testkit.service import Service, session, task
-from tests.backup.test_backups import Writer, version_time
 
 pytestmark = pytest.mark.skipif(not available(), reason="galera-4, rsync and a mysql user are needed")
 
@@ -49,7 +49,8 @@ def test_writes_survive_kill_9_of_galera_nodes(cluster: GaleraCluster, service_f
         assert service.post_tasks([task(t, session_id, updated_at=version_time(0))
                                    for t in task_ids[start:start + 1000]]).status_code == 202
     assert service.flush().status_code == 200
-    writer = Writer(service, session_id, task_ids, pause=0.05)
+    writer = VersionWriter(f"http://{service.host}:{service.ingest_port}", session_id, task_ids, batch=200,
+                           pause=0.05)
     writer.start()
     try:
         time.sleep(2)
@@ -71,13 +72,11 @@ def test_writes_survive_kill_9_of_galera_nodes(cluster: GaleraCluster, service_f
     assert writer.requests > 20
     flushed = service.flush()
     assert flushed.status_code == 200, flushed.text
-    acked, sent = writer.snapshot()
     assert cluster.size() == 3
     for node in cluster.nodes:
         stored = rows_on(cluster, node.index, database, session_id)
         assert set(stored) == set(task_ids), f"node{node.index} misses tasks"
-        wrong = {t: (stored[t], acked.get(t), sent.get(t)) for t in task_ids
-                 if not acked.get(t, 0) <= int(stored[t][1:] if stored[t] else 0) <= sent.get(t, 0)}
+        wrong = writer.wrong(stored)
         assert not wrong, f"node{node.index}: {len(wrong)} tasks not at their last acknowledged version: " \
                           f"{list(wrong.items())[:3]}"
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from testkit import haproxy
 from testkit.nodes import Nodes, VersionWriter
@@ -25,19 +24,9 @@ from testkit.service import TASKS, session, sink_rows, task, wait_for
 
 pytestmark = pytest.mark.skipif(not haproxy.available(), reason="haproxy is not installed")
 
-REDIS_URL = "redis://127.0.0.1:6379/12"
 USERS = "/api/v1/users"
 USER_SESSIONS = "/api/v1/user-sessions"
 FILES = "/api/v1/files"
-
-
-@pytest.fixture
-def shared_redis() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture

@@ -4,29 +4,18 @@ and each session store (the embedded SQLite file, and the Redis on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from testkit.service import Service
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
 USERS = "/api/v1/users"
 USER_SESSIONS = "/api/v1/user-sessions"
 # Cheap hashes keep the tests fast; the benchmark measures the shipped parameters.
 FAST_HASH = "hash_time_cost = 1\nhash_memory_kib = 8192\n"
-
-
-@pytest.fixture
-def shared_redis() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield REDIS_URL
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture(params=["sqlite", "redis"])
