@@ -40,6 +40,8 @@ FLUSH_DURATION = Histogram("persistence_flush_duration_seconds", "Time of one dr
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 SINK_ERRORS = Counter("persistence_sink_errors_total", "Sink errors by class.", ["error_class"])
 FLUSH_RETRIES = Counter("persistence_flush_retries_total", "Drain cycles retried after a transient error.")
+FLUSH_CONFLICTS = Counter("persistence_flush_conflicts_total",
+                          "Sink writes retried at once after a deadlock or certification conflict (1213).")
 DEAD_LETTERED = Counter("persistence_dead_lettered_total", "Records moved to the dead-letter table.", ["kind"])
 FILE_BYTES = Counter("persistence_file_bytes_total", "File content bytes through the service.", ["direction"])
 FILE_UPLOADS = Counter("persistence_file_uploads_total", "File uploads by outcome.", ["outcome"])

@@ -66,6 +66,9 @@ class SpoolSettings(Struct, frozen=True, forbid_unknown_fields=True):
 
 class FlushSettings(Struct, frozen=True, forbid_unknown_fields=True):
     batch_rows: Annotated[int, Meta(ge=1, le=100_000)] = 1000
+    # Sink connections writing each cycle at once, each a hash range of keys (flusher/writers.py); a cycle reads
+    # up to batch_rows per writer. A sink that takes one writer at a time (SQLite) uses one.
+    writers: Annotated[int, Meta(ge=1, le=16)] = 2
     max_delay: Annotated[float, Meta(ge=0)] = 1.0
     orphan_grace: Annotated[float, Meta(ge=0)] = 600.0
     retry_initial: Seconds = 0.2
@@ -76,6 +79,9 @@ class FlushSettings(Struct, frozen=True, forbid_unknown_fields=True):
 class SinkSettings(Struct, frozen=True, forbid_unknown_fields=True):
     url: str = "sqlite:///data/store.db"
     connect_timeout: Seconds = 5.0
+    # This node's id among the nodes that share the sink (each its own): of two writes of a key with the same
+    # updated_at through two nodes, the higher id's wins (plugins/tables.py VERSION_NODE).
+    node_id: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class RetentionSettings(Struct, frozen=True, forbid_unknown_fields=True):

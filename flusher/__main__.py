@@ -15,6 +15,7 @@ from core.logging import setup_logging
 from core.settings import load_settings
 from flusher.loop import Flusher
 from core.supervisor import EXIT_FATAL
+from flusher.writers import Writers
 from plugins import Sink, TransientSinkError, open_sink
 from wal import Spool, SpoolCorrupt
 from wal.salvage import check, damaged_message
@@ -42,14 +43,17 @@ def main() -> None:
         logger.critical("%s", exc)
         sys.exit(EXIT_FATAL)
     sink = open_sink(settings.sink)
+    count = settings.flush.writers if sink.parallel_writes else 1
+    writers = Writers([sink, *(open_sink(settings.sink) for _ in range(count - 1))])  # connect when first used
     archiver = Archiver(settings)
     metrics.mark_up("flusher")
     try:
         _migrate_until_up(sink, spool, stop)
         Flusher(spool, sink, settings.flush, settings.retention, settings.audit.retention_days, archiver,
-                settings.archive).run(stop, settings.service.shutdown_grace)
+                settings.archive, writers).run(stop, settings.service.shutdown_grace)
     finally:
         archiver.close()
+        writers.close()
         sink.close()
         spool.close()
 

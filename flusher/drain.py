@@ -32,6 +32,7 @@ from core.times import now_us
 from core import metrics
 from flusher.coalesce import Coalesced, Item, coalesce, merge
 from flusher.commands import apply_command, encode_result, failed
+from flusher.writers import Writers
 from plugins import RejectedRows, Sink, TransientSinkError
 from plugins.tables import TABLE_OF, Row, Table, TableRows
 from wal import Spool
@@ -60,10 +61,11 @@ class DrainReport(Struct):
 
 class Drainer:
     def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings, clock: Callable[[], int],
-                 archiver: Archiver | None = None) -> None:
+                 archiver: Archiver | None = None, writers: Writers | None = None) -> None:
         self._archiver = archiver
         self._spool = spool
         self._sink = sink
+        self._writers = writers or Writers([sink])  # the rows go through these; the rest through sink
         self._settings = settings
         self._clock = clock  # the healthy clock (flusher/clock.py): orphans wait on it
         self._known: dict[str, set[str]] = {}  # parent kind name -> keys seen stored
@@ -72,11 +74,11 @@ class Drainer:
         self._rate = 0.0  # rows/s of busy cycles (moving average), published with each commit
 
     def drain_once(self, held: list[HeldTask] | None = None) -> DrainReport:
-        """One cycle over the next entries (at most flush.batch_rows records;
+        """One cycle over the next entries (at most flush.batch_rows records per writer;
         one entry alone after a failed cycle), with these held tasks. Raises
         TransientSinkError or sqlite3.Error with nothing trimmed."""
         started = time.perf_counter()
-        entries = self._spool.read(0, self._settings.batch_rows)
+        entries = self._spool.read(0, self._settings.batch_rows * self._writers.count)
         if entries and entries[0].seq <= self._isolate_through:
             report = self._drain_alone(entries[0])
         else:
@@ -266,7 +268,7 @@ class Drainer:
         if not groups:
             return []
         try:
-            deleted = self._sink.write([TableRows(table, [row for _, row in pairs],
+            deleted = self._writers.write([TableRows(table, [row for _, row in pairs],
                                                   [item.received_at_us for item, _ in pairs])
                                         for table, pairs in groups])
             if deleted:  # deleted (perhaps through another node) since seen stored: look again next time

@@ -23,6 +23,7 @@ from core.times import now_us
 from core import metrics
 from flusher.clock import HealthyClock
 from flusher.drain import Drainer
+from flusher.writers import Writers
 from flusher.retry import Backoff
 from plugins import Sink, TransientSinkError
 from wal import Spool
@@ -42,7 +43,8 @@ PING_EVERY_S = 5.0
 class Flusher:
     def __init__(self, spool: Spool, sink: Sink, settings: FlushSettings,
                  retention: RetentionSettings | None = None, audit_retention_days: float = 0.0,
-                 archiver: Archiver | None = None, archive: ArchiveSettings | None = None) -> None:
+                 archiver: Archiver | None = None, archive: ArchiveSettings | None = None,
+                 writers: Writers | None = None) -> None:
         self._spool = spool
         self._retention = retention
         self._archive = archive
@@ -51,7 +53,7 @@ class Flusher:
         self._sink = sink
         self._settings = settings
         self._clock = HealthyClock(spool.healthy_clock_us())
-        self._drainer = Drainer(spool, sink, settings, self._clock.now_us, archiver)
+        self._drainer = Drainer(spool, sink, settings, self._clock.now_us, archiver, writers)
         self._backoff = Backoff(settings.retry_initial, settings.retry_max)
         self._last_beat = 0.0
         self._last_held_check = 0.0

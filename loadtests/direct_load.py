@@ -26,7 +26,7 @@ from plugins.mysql import ISOLATION, SESSION_INIT, UPSERTS
 from plugins.tables import SESSION_TABLE, TABLE_OF, TASK_TABLE
 
 SESSION_UPSERT, TASK_UPSERT = UPSERTS[SESSION_TABLE.name], UPSERTS[TASK_TABLE.name]
-SESSION_COLUMNS, TASK_COLUMNS = SESSION_TABLE.columns, TASK_TABLE.columns
+SESSION_COLUMNS, TASK_COLUMNS = SESSION_TABLE.write_columns, TASK_TABLE.write_columns  # the rows carry node 0
 
 Entry = tuple[int, int, int, int, bytes]  # seq, kind, received_at_us, record_count, payload
 BATCH_ROWS = 1000
@@ -60,13 +60,14 @@ def batches(entries: list[Entry], max_rows: int = BATCH_ROWS) -> Iterator[list[E
 
 
 def batch_rows(batch: list[Entry]) -> tuple[list[tuple], list[tuple]]:
-    """Session and task rows of one batch, last write per key, sorted by key as the flusher writes them."""
+    """Session and task rows of one batch (with version_node 0), last write per key, sorted by key as the
+    flusher writes them."""
     rows: dict[str, dict[str, tuple]] = {"session": {}, "task": {}}
     for _seq, entry_kind, received, _count, payload in batch:
         kind = BY_ENTRY_KIND[entry_kind]
         table = TABLE_OF[kind.name]
         for record in kind.decode(payload):
-            rows[kind.name][kind.key(record)] = table.to_row(record, kind.version(record, received), received)
+            rows[kind.name][kind.key(record)] = table.to_row(record, kind.version(record, received), received) + (0,)
     sessions, tasks = rows["session"], rows["task"]
     return [sessions[k] for k in sorted(sessions)], [tasks[k] for k in sorted(tasks)]
 

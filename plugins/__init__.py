@@ -29,6 +29,10 @@ class TransientSinkError(SinkError):
     lost, deadlock, lock wait timeout). Nothing of the batch was committed."""
 
 
+class Conflict(TransientSinkError):
+    """A deadlock, or a Galera certification conflict: another transaction won; retrying at once is right."""
+
+
 class RejectedRows(SinkError):
     """The database refused the batch for good (bad value, constraint).
     Nothing of the batch was committed. `reason` is the database's own text,
@@ -52,6 +56,8 @@ class StatusChange(NamedTuple):
 
 
 class Sink(Protocol):
+    parallel_writes: bool  # several connections may write at once (flush.writers); False: one writer
+
     def migrate(self) -> None:
         """Create the database objects when missing; safe to run repeatedly and concurrently."""
 

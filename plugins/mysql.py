@@ -19,9 +19,9 @@ from pymysql.constants import CLIENT
 
 from core.settings import SinkSettings
 from plugins.mysql_hosts import MysqlTarget
-from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
+from plugins import ArchiveChunk, Conflict, RejectedRows, StatusChange, TransientSinkError
 from plugins.mysql_literal import statements
-from plugins.tables import (SESSION_DELETES, SESSION_DELETES_MYSQL, UPSERT_TABLES, Table, TableRows,
+from plugins.tables import (SESSION_DELETES, SESSION_DELETES_MYSQL, UPSERT_TABLES, VERSION_NODE, Table, TableRows,
                             deleted_sessions_in, rows_left, without_deleted)
 
 # Refused for good: bad values and constraints (pymysql maps some of these to
@@ -46,9 +46,12 @@ def _create(table: Table, collation: str) -> str:
 
 
 def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
-    """(prefix, suffix) of a multi-row upsert: the rows go in between."""
-    keep = [c for c in columns[1:] if c not in ("created_at", "updated_at")]
-    guarded = ", ".join(f"{c} = IF(VALUES(updated_at) >= updated_at, VALUES({c}), {c})" for c in keep)
+    """(prefix, suffix) of a multi-row upsert: the rows go in between. The
+    version is (updated_at, version_node); version_node is assigned after the
+    columns it guards and before updated_at, which its own guard reads."""
+    keep = [c for c in columns[1:] if c not in ("created_at", "updated_at", VERSION_NODE)]
+    newer = f"(VALUES(updated_at), VALUES({VERSION_NODE})) >= (updated_at, {VERSION_NODE})"
+    guarded = ", ".join(f"{c} = IF({newer}, VALUES({c}), {c})" for c in [*keep, VERSION_NODE])
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ",
         f" ON DUPLICATE KEY UPDATE {guarded},"
@@ -57,7 +60,16 @@ def _upsert(table: str, columns: Sequence[str]) -> tuple[str, str]:
     )
 
 
-UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
+UPSERTS = {table.name: _upsert(table.name, table.write_columns) for table in UPSERT_TABLES}
+
+
+def _add_version_node(cur: pymysql.cursors.Cursor, table: Table) -> None:
+    """A table made before versions carried their node gets the column (instant on MariaDB 10.4+)."""
+    cur.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = %s"
+                " AND column_name = %s", (table.name, VERSION_NODE))
+    if not cur.fetchone():
+        cur.execute(f"ALTER TABLE {table.name} ADD COLUMN {VERSION_NODE} SMALLINT UNSIGNED NOT NULL DEFAULT 0"
+                    " AFTER updated_at")
 
 
 def connect_params(settings: SinkSettings) -> tuple[MysqlTarget, dict[str, Any]]:
@@ -70,8 +82,10 @@ def connect_params(settings: SinkSettings) -> tuple[MysqlTarget, dict[str, Any]]
 
 
 class MysqlSink:
+    parallel_writes = True
     def __init__(self, settings: SinkSettings) -> None:
         self._target, self._params = connect_params(settings)
+        self._node = (settings.node_id,)  # appended to each upserted row
         self._conn: pymysql.connections.Connection | None = None
         self._max_stmt_bytes = 1024 * 1024
 
@@ -91,6 +105,7 @@ class MysqlSink:
                 cur.execute(f"USE `{self._target.database}`")
                 for table in UPSERT_TABLES:
                     cur.execute(_create(table, collation))
+                    _add_version_node(cur, table)
                 cur.execute(SESSION_DELETES_MYSQL.format(collation=collation))
                 audit_mysql.migrate(cur, collation)
             conn.commit()
@@ -123,7 +138,8 @@ class MysqlSink:
                             audit_mysql.append_events(cur, part.rows, self._max_stmt_bytes)
                             continue
                         prefix, suffix = UPSERTS[part.table.name]
-                        for statement in statements(prefix, part.rows, suffix, self._max_stmt_bytes):
+                        rows = [row + self._node for row in part.rows]
+                        for statement in statements(prefix, rows, suffix, self._max_stmt_bytes):
                             cur.execute(statement)
                     found = _deletions(cur, ids) if ids else {}
                 if rows_left(batch, found) == rows_left(batch, deleted):
@@ -154,15 +170,15 @@ class MysqlSink:
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         def run(cur: pymysql.cursors.Cursor) -> StatusChange | None:
-            cur.execute("SELECT updated_at <= %s, status FROM translation_sessions WHERE session_id = %s"
-                        " FOR UPDATE", (version, session_id))
+            cur.execute(f"SELECT (updated_at, {VERSION_NODE}) <= (%s, %s), status FROM translation_sessions"
+                        " WHERE session_id = %s FOR UPDATE", (version, *self._node, session_id))
             row = cur.fetchone()
             if row is None:
                 return None
             if not row[0]:
                 return StatusChange(False, row[1])
-            cur.execute("UPDATE translation_sessions SET status = %s, updated_at = GREATEST(updated_at, %s)"
-                        " WHERE session_id = %s", (status, version, session_id))
+            cur.execute(f"UPDATE translation_sessions SET status = %s, updated_at = GREATEST(updated_at, %s),"
+                        f" {VERSION_NODE} = %s WHERE session_id = %s", (status, version, *self._node, session_id))
             return StatusChange(True, status)
         return self._run(run)
 
@@ -321,6 +337,8 @@ def _convert(exc: pymysql.err.MySQLError) -> Exception:
     code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 0
     if isinstance(exc, pymysql.err.DataError | pymysql.err.IntegrityError) or code in _REJECT_CODES:
         return RejectedRows(f"mysql error {code}: {exc.args[-1] if exc.args else exc}", f"mysql error {code}")
-    # Connection loss, deadlock, lock wait timeout, server shutdown, and anything
+    if code == 1213:
+        return Conflict(f"mysql error {code}: {exc.args[-1] if exc.args else exc}")
+    # Connection loss, lock wait timeout, server shutdown, and anything
     # unexpected: retry in order rather than drop data.
     return TransientSinkError(f"mysql error {code}: {exc.args[-1] if exc.args else exc}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from core.settings import SinkSettings
 from plugins import ArchiveChunk, RejectedRows, StatusChange, TransientSinkError
 from plugins.audit import sqlite as audit
-from plugins.tables import (SESSION_DELETES, SESSION_DELETES_SQLITE, UPSERT_TABLES, Table, TableRows,
+from plugins.tables import (SESSION_DELETES, SESSION_DELETES_SQLITE, UPSERT_TABLES, VERSION_NODE, Table, TableRows,
                             deleted_sessions_in, without_deleted)
 
 def _schema(table: Table) -> str:
@@ -24,19 +24,20 @@ SCHEMA = "".join(_schema(table) for table in UPSERT_TABLES) + SESSION_DELETES_SQ
 
 
 def _upsert(table: str, columns: Sequence[str]) -> str:
+    """The version is (updated_at, version_node): a row value comparison."""
     keep = [c for c in columns[1:] if c not in ("created_at", "updated_at")]
     sets = ", ".join(f"{c} = excluded.{c}" for c in keep)
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         f" ON CONFLICT ({columns[0]}) DO UPDATE SET {sets},"
         f" created_at = min(created_at, excluded.created_at), updated_at = excluded.updated_at"
-        f" WHERE excluded.updated_at >= {table}.updated_at"
+        f" WHERE (excluded.updated_at, excluded.{VERSION_NODE}) >= ({table}.updated_at, {table}.{VERSION_NODE})"
     )
 
 
 CLEANUP_CHUNK = 100  # sessions per cleanup transaction
 
-UPSERTS = {table.name: _upsert(table.name, table.columns) for table in UPSERT_TABLES}
+UPSERTS = {table.name: _upsert(table.name, table.write_columns) for table in UPSERT_TABLES}
 
 
 def _deletions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, int]:
@@ -50,8 +51,10 @@ def _deletions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, int]:
 
 
 class SqliteSink:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    parallel_writes = False  # one writer at a time holds the database
+    def __init__(self, conn: sqlite3.Connection, node_id: int = 0) -> None:
         self._conn = conn
+        self._node = (node_id,)  # appended to each upserted row
 
     @classmethod
     def connect(cls, settings: SinkSettings) -> SqliteSink:
@@ -61,11 +64,14 @@ class SqliteSink:
                                check_same_thread=False)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")  # the spool is trimmed once this commits
-        return cls(conn)
+        return cls(conn, settings.node_id)
 
     def migrate(self) -> None:
         """Create tables and indexes when missing."""
         self._conn.executescript(SCHEMA)
+        for table in UPSERT_TABLES:  # a table made before versions carried their node gets the column
+            if VERSION_NODE not in {r[1] for r in self._conn.execute(f"PRAGMA table_info({table.name})")}:
+                self._conn.execute(f"ALTER TABLE {table.name} ADD COLUMN {VERSION_NODE} INTEGER NOT NULL DEFAULT 0")
 
     def write(self, batch: Sequence[TableRows]) -> set[str]:
         """One transaction, table by table; per key the highest updated_at wins
@@ -80,7 +86,7 @@ class SqliteSink:
                 if part.table.kind.write == "append":
                     audit.append_events(conn, part.rows)
                 else:
-                    conn.executemany(UPSERTS[part.table.name], part.rows)
+                    conn.executemany(UPSERTS[part.table.name], [row + self._node for row in part.rows])
         return set(deleted)
 
     def delete_session(self, session_id: str, deleted_at_us: int | None = None) -> int | None:
@@ -97,14 +103,14 @@ class SqliteSink:
 
     def set_session_status(self, session_id: str, status: str, version: str) -> StatusChange | None:
         with self._transaction() as conn:
-            row = conn.execute("SELECT updated_at <= ?, status FROM translation_sessions WHERE session_id = ?",
-                               (version, session_id)).fetchone()
+            row = conn.execute(f"SELECT (updated_at, {VERSION_NODE}) <= (?, ?), status FROM translation_sessions"
+                               " WHERE session_id = ?", (version, *self._node, session_id)).fetchone()
             if row is None:
                 return None
             if not row[0]:
                 return StatusChange(False, row[1])
-            conn.execute("UPDATE translation_sessions SET status = ?, updated_at = max(updated_at, ?)"
-                         " WHERE session_id = ?", (status, version, session_id))
+            conn.execute(f"UPDATE translation_sessions SET status = ?, updated_at = max(updated_at, ?),"
+                         f" {VERSION_NODE} = ? WHERE session_id = ?", (status, version, *self._node, session_id))
             return StatusChange(True, status)
 
     def cleanup(self, completed_before: str, failed_before: str, dry_run: bool) -> tuple[int, int]:

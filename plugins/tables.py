@@ -6,7 +6,8 @@ schemas from these; the readers their select lists.
 
 Times are stored as DATETIME(6)-style text in UTC (core.times.db_text);
 `updated_at` is the record's version, `created_at` when the service first
-accepted its key.
+accepted its key. The upsert tables also store `version_node` (VERSION_NODE),
+which the sinks write and the readers do not select.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from persistence_api.translation import JsonObject, Session, Task
 from core.times import db_text, to_us
 
 Row = tuple
+# The node (sink.node_id) whose write a row holds. Versions compare as (updated_at, version_node): of two writes
+# of a key with the same updated_at through two nodes, the higher node's wins whichever is flushed last, so every
+# flush order ends with the same row. Not one of Table.columns: the sinks append it, the readers leave it out.
+VERSION_NODE = "version_node"
 
 
 class ReadIndex(Struct, frozen=True):
@@ -51,6 +56,11 @@ class Table:
     @property
     def key(self) -> str:
         return self.columns[0]
+
+    @property
+    def write_columns(self) -> tuple[str, ...]:
+        """The columns a sink writes: an upserted row carries its node last."""
+        return self.columns + (VERSION_NODE,) if self.kind.write == "upsert" else self.columns
 
     def select_list(self, prefix: str = "", as_json: bool = False) -> str:
         """The columns to select; as_json: one JSON array per row instead, with
@@ -103,6 +113,7 @@ SESSION_TABLE = Table(
         processing_tasks BIGINT UNSIGNED NOT NULL DEFAULT 0,
         created_at DATETIME(6) NOT NULL,
         updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
+        version_node SMALLINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'the node that wrote it: wins ties in updated_at',
         KEY idx_sessions_status_created (status, created_at),
         KEY idx_sessions_created (created_at),
         KEY idx_sessions_updated (updated_at),
@@ -112,7 +123,7 @@ SESSION_TABLE = Table(
         status TEXT NOT NULL, llm_provider TEXT NOT NULL, game_info TEXT, metadata TEXT,
         total_tasks INTEGER NOT NULL DEFAULT 0, completed_tasks INTEGER NOT NULL DEFAULT 0,
         failed_tasks INTEGER NOT NULL DEFAULT 0, processing_tasks INTEGER NOT NULL DEFAULT 0,
-        created_at TEXT NOT NULL, updated_at TEXT NOT NULL""",
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version_node INTEGER NOT NULL DEFAULT 0""",
     sqlite_indexes=("idx_sessions_status_created (status, created_at)", "idx_sessions_created (created_at)",
                     "idx_sessions_updated (updated_at)"),
     json_columns=("game_info", "metadata"),
@@ -144,6 +155,7 @@ TASK_TABLE = Table(
         duration_ms BIGINT UNSIGNED NULL,
         created_at DATETIME(6) NOT NULL,
         updated_at DATETIME(6) NOT NULL COMMENT 'the record version',
+        version_node SMALLINT UNSIGNED NOT NULL DEFAULT 0 COMMENT 'the node that wrote it: wins ties in updated_at',
         KEY idx_tasks_session_order (session_id, sheet_name, row_index, column_name),
         KEY idx_tasks_session_status (session_id, status),
         KEY idx_tasks_status_created (status, created_at),
@@ -155,7 +167,7 @@ TASK_TABLE = Table(
         source_text TEXT NOT NULL, target_text TEXT, context TEXT, status TEXT NOT NULL,
         confidence REAL, error_message TEXT, retry_count INTEGER NOT NULL DEFAULT 0,
         start_time TEXT, end_time TEXT, duration_ms INTEGER,
-        created_at TEXT NOT NULL, updated_at TEXT NOT NULL""",
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, version_node INTEGER NOT NULL DEFAULT 0""",
     sqlite_indexes=("idx_tasks_session_order (session_id, sheet_name, row_index, column_name)",
                     "idx_tasks_session_status (session_id, status)", "idx_tasks_status_created (status, created_at)"),
     read_indexes=(ReadIndex("idx_read_tasks_created", "created_at", "created_at, task_id"),

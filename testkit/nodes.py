@@ -32,6 +32,8 @@ class Nodes:
         assert 1 <= count <= NODES
         self.services = [Service(folder / f"node{i + 1}", sink_url, host=f"127.0.0.{i + 1}", **overrides)
                          for i in range(count)]
+        for i, service in enumerate(self.services):
+            service.env["PS_SINK_NODE_ID"] = str(i + 1)  # node i+1 wins ties in updated_at over lower ones
         # The shipped config names three servers: with fewer nodes some are named twice.
         addresses = [f"{s.host}:{s.ingest_port}" for s in self.services]
         self.proxy = Haproxy(folder / "haproxy", [addresses[i % count] for i in range(NODES)])

@@ -3,8 +3,11 @@ to the `sink` fixture."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
+import pymysql
 import pytest
 
 from core.settings import SinkSettings
@@ -68,6 +71,59 @@ def test_highest_version_wins_across_batches(sink: Sink, sink_url: str) -> None:
     assert str(row["created_at"]).startswith(db_text(T0 + 5)[:19])  # the earliest acceptance
     _write(sink, [], [_task("t-1", T0 + 11, "newer")])
     assert _tasks(sink_url)["t-1"]["source_text"] == "newer"
+
+
+def test_a_tie_in_updated_at_goes_to_the_higher_node_whichever_is_flushed_last(sink: Sink, sink_url: str) -> None:
+    """Two nodes (sink.node_id 1 and 2) share the sink and carry writes of the same keys with the same updated_at."""
+    low, high = (open_sink(SinkSettings(url=sink_url, node_id=n)) for n in (1, 2))
+    try:
+        _write(high, [], [_task("t-1", T0, "from 2")])
+        _write(low, [], [_task("t-1", T0, "from 1")])  # flushed last, same version, lower node: changes nothing
+        _write(low, [], [_task("t-2", T0, "from 1")])
+        _write(high, [], [_task("t-2", T0, "from 2")])
+        _write(low, [], [_task("t-3", T0, "first")])
+        _write(low, [], [_task("t-3", T0, "second")])  # one node, one version: its later write wins, as before
+        rows = _tasks(sink_url)
+        assert {k: rows[k]["source_text"] for k in rows} == {"t-1": "from 2", "t-2": "from 2", "t-3": "second"}
+        assert {k: rows[k]["version_node"] for k in rows} == {"t-1": 2, "t-2": 2, "t-3": 1}
+        _write(low, [], [_task("t-1", T0 + 1, "later")])  # a later updated_at wins through any node
+        assert _tasks(sink_url)["t-1"]["source_text"] == "later"
+        # A status change is a version too: at the row's updated_at, only a node at least as high applies it.
+        _write(high, [_session("s-1", T0)], [])
+        assert low.set_session_status("s-1", "failed", db_text(T0)) == StatusChange(False, "processing")
+        assert high.set_session_status("s-1", "completed", db_text(T0)) == StatusChange(True, "completed")
+        assert low.set_session_status("s-1", "failed", db_text(T0 + 1)) == StatusChange(True, "failed")
+        assert sink_rows(sink_url, "translation_sessions")[0]["version_node"] == 1
+    finally:
+        low.close()
+        high.close()
+
+
+def test_migrate_adds_the_version_node_to_tables_made_before_it(sink: Sink, sink_url: str) -> None:
+    _write(sink, [_session("s-1", T0)], [_task("t-1", T0, "kept")])
+    _drop_version_node(sink_url)
+    assert "version_node" not in _tasks(sink_url)["t-1"]
+    sink.migrate()
+    assert _tasks(sink_url)["t-1"]["version_node"] == 0  # the rows stay, at node 0
+    _write(sink, [], [_task("t-1", T0, "rewritten")])
+    assert _tasks(sink_url)["t-1"]["source_text"] == "rewritten"
+
+
+def _drop_version_node(sink_url: str) -> None:
+    """The schema as a sink before version_node made it."""
+    if sink_url.startswith("sqlite"):
+        conn = sqlite3.connect(sink_url[len("sqlite:///"):])
+        for table in ("translation_sessions", "translation_tasks"):
+            conn.execute(f"ALTER TABLE {table} DROP COLUMN version_node")
+        conn.commit()
+        conn.close()
+        return
+    url = urlsplit(sink_url)
+    conn = pymysql.connect(host=url.hostname, port=url.port, user="root", database=url.path.strip("/"))
+    with conn.cursor() as cur:
+        for table in ("translation_sessions", "translation_tasks"):
+            cur.execute(f"ALTER TABLE {table} DROP COLUMN version_node")
+    conn.close()
 
 
 def test_existing_keys(sink: Sink) -> None:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from testkit import haproxy
-from testkit.nodes import Nodes, VersionWriter
+from testkit.nodes import Nodes, VersionWriter, version_time
 from testkit.seaweed import SeaweedS3
 from testkit.service import TASKS, session, sink_rows, task, wait_for
 
@@ -161,3 +161,19 @@ def test_a_delete_through_one_node_wins_over_older_writes_another_node_still_hol
     assert second.flush().status_code == 200
     again = second.http.get("/api/v1/translation/sessions/gone")
     assert again.status_code == 200, again.text
+
+
+def test_one_updated_at_through_two_nodes_ends_with_the_higher_nodes_write_whichever_flushes_last(
+        nodes: Nodes, mysql_url: str) -> None:
+    low, high = nodes.services[0], nodes.services[1]  # sink.node_id 1 and 2
+    assert high.post_sessions([session("tie")]).status_code == 202
+    at = version_time(7)
+    for task_id, order in (("tie-a", (high, low)), ("tie-b", (low, high))):
+        for service in order:  # each write flushed before the next node's: the flush order is the one given
+            answer = service.post_tasks([task(task_id, "tie", target_text=f"via {service.host}", updated_at=at)])
+            assert answer.status_code == 202, answer.text
+            assert service.flush().status_code == 200
+    assert stored_texts(mysql_url, "tie") == {"tie-a": "via 127.0.0.2", "tie-b": "via 127.0.0.2"}
+    for service in (low, high):  # what each node reads back
+        read = service.http.get("/api/v1/translation/tasks/tie-a")
+        assert read.status_code == 200 and read.json()["target_text"] == "via 127.0.0.2", read.text
