@@ -37,7 +37,8 @@ MAX_IDLE_CONNECTIONS = 32
 CHUNK_BYTES = 512 * 1024  # a file download moves in pieces this large: fewer sends, less CPU per MB
 # Connection-level headers belong to one hop; this hop sets host and framing.
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
-                         b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length"})
+                         b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+                         b"expect"})  # granian answered the client's Expect; the relay sends its own
 # granian frames the answer again.
 _DROPPED_ANSWER_HEADERS = _HOP_BY_HOP - {b"content-length"}
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -176,10 +177,15 @@ class QueryProxy:
 
     async def _stream_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Forward a body of any size as it arrives, on a connection of its
-        own. An answer that comes before the body ends (413, 422, 403) is
-        relayed at once and the rest of the body is not sent; a client that
-        goes away closes the upstream connection, which the query process
-        sees as its client going away (it drops the partial upload)."""
+        own. The head goes first with `Expect: 100-continue`: the body follows
+        only once the query process asks for it, so an answer it gives
+        without reading the body (413 for a declared size, 422, 403) is never
+        raced by a body it will not read (its close would reset the
+        connection, and the reset can destroy the answer before it is read).
+        An answer that comes before the body ends is relayed at once and the
+        rest of the body is not sent; a client that goes away closes the
+        upstream connection, which the query process sees as its client
+        going away (it drops the partial upload)."""
         declared = next((v for n, v in scope["headers"] if n == b"content-length"), None)
         is_chunked = declared is None
         try:
@@ -190,26 +196,30 @@ class QueryProxy:
                               {"Retry-After": "1"}, receive, send)
             return
         answering = False
+        sent_all = False
         try:
-            conn.writer.write(self._head(scope, None if is_chunked else int(declared or b"0")))
-            pump = asyncio.create_task(_pump(receive, conn.writer, is_chunked))
-            answer = asyncio.create_task(conn.reader.readuntil(b"\r\n\r\n"))
-            await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
-            if pump.done() and isinstance(pump.exception(), ClientGone):
-                answer.cancel()
-                return
-            # A body the query process stopped reading (it answered 413 and closed) fails to send;
-            # its answer is read all the same, and only its absence is a 503.
+            conn.writer.write(self._head(scope, None if is_chunked else int(declared or b"0"), b"expect: 100-continue"))
             async with asyncio.timeout(READ_TIMEOUT_S) as deadline:
-                head = await answer
-                early = not pump.done()
-                if early:
-                    pump.cancel()  # answered before the body ended: the rest is not wanted
-                elif pump.exception() is not None:
-                    logger.debug("the body's rest was not sent: %r", pump.exception())
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"HTTP/1.1 100"):
+                    pump = asyncio.create_task(_pump(receive, conn.writer, is_chunked))
+                    answer = asyncio.create_task(conn.reader.readuntil(b"\r\n\r\n"))
+                    await asyncio.wait({pump, answer}, return_when=asyncio.FIRST_COMPLETED)
+                    if pump.done() and isinstance(pump.exception(), ClientGone):
+                        answer.cancel()
+                        return
+                    # A body the query process stopped reading (it answered and closed) fails to send;
+                    # its answer is read all the same, and only its absence is a 503.
+                    head = await answer
+                    if not pump.done():
+                        pump.cancel()  # answered before the body ended: the rest is not wanted
+                    elif pump.exception() is not None:
+                        logger.debug("the body's rest was not sent: %r", pump.exception())
+                    else:
+                        sent_all = True
                 answering = True
                 await _relay(conn.reader, head, send, scope["method"] != "HEAD", deadline)
-            if early or pump.exception() is not None:
+            if not sent_all:
                 await _discard_rest(receive)
         except (OSError, TimeoutError, UpstreamClosed, asyncio.IncompleteReadError, ValueError) as exc:
             if answering:  # the answer had started: all that is left is to cut it short
@@ -237,13 +247,13 @@ class QueryProxy:
                 lambda: _AnswerKeepingProtocol(reader, loop=loop), self._host, self._port)
         return _Connection(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
 
-    def _head(self, scope: Scope, length: int | None) -> bytes:
-        """The request line and headers; length None: the body follows chunked."""
+    def _head(self, scope: Scope, length: int | None, *extra: bytes) -> bytes:
+        """The request line and headers (and extra header lines); length None: the body follows chunked."""
         path = scope.get("raw_path") or scope["path"].encode()
         query = scope.get("query_string", b"")
         framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
         lines = [b"%s %s%s HTTP/1.1" % (scope["method"].encode(), path, b"?" + query if query else b""),
-                 b"host: " + self._authority, framing]
+                 b"host: " + self._authority, framing, *extra]
         lines += [name + b": " + value for name, value in scope["headers"] if name.lower() not in _HOP_BY_HOP]
         host = next((value for name, value in scope["headers"] if name == b"host"), None)
         if host and not any(name == b"x-forwarded-host" for name, _ in scope["headers"]):
