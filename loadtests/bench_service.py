@@ -67,9 +67,12 @@ class Reaper:
         self.mariadb: PrivateMariaDB | None = None
         self.folder: Path | None = None  # removed at the end when set
 
-    def popen(self, argv: list[str], cwd: Path, log_file: Path) -> subprocess.Popen:
+    def popen(self, argv: list[str], cwd: Path, log_file: Path,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        """env: variables added to this process's environment."""
         with open(log_file, "ab") as out:
-            proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **env} if env else None)
         self.groups.append(proc)
         return proc
 
@@ -104,9 +107,11 @@ class Reaper:
 class ServiceProc:
     """persistence-service (`run`, or one role) in its own folder, on free ports."""
 
-    def __init__(self, reaper: Reaper, folder: Path, sink_url: str, sync: str, workers: int) -> None:
+    def __init__(self, reaper: Reaper, folder: Path, sink_url: str, sync: str, workers: int,
+                 env: dict[str, str] | None = None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.reaper = reaper
+        self.env = env or {}  # e.g. PS_FLUSH_WRITERS: overrides the config file (core/settings.py)
         self.folder = folder
         self.ingest_port = free_port()
         self.query_port = free_port()
@@ -128,7 +133,7 @@ class ServiceProc:
 
     def start(self, command: str = "run") -> None:
         self.proc = self.reaper.popen([sys.executable, "-m", "core.cli", "--config", str(self.config), command],
-                                      cwd=self.folder, log_file=self.log)
+                                      cwd=self.folder, log_file=self.log, env=self.env)
 
     def health(self) -> dict[str, Any]:
         return msgspec.json.decode(RawHttp(HOST, self.ingest_port, timeout=30).call("GET", "/health")[1])

@@ -14,7 +14,7 @@ JSON (core.kinds) and building rows (plugins.tables).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def read_spool(path: Path) -> list[Entry]:
         conn.close()
 
 
-def batches(entries: list[Entry], max_rows: int = BATCH_ROWS) -> Iterator[list[Entry]]:
+def batches(entries: Iterable[Entry], max_rows: int = BATCH_ROWS) -> Iterator[list[Entry]]:
     """Whole entries, up to max_rows records each (Spool.read's rule)."""
     batch: list[Entry] = []
     rows = 0
@@ -147,7 +147,7 @@ def upsert_from(table: str, columns: tuple[str, ...], source: str) -> str:
             f" updated_at = GREATEST({t}.updated_at, VALUES(updated_at))")
 
 
-def load_data_infile(mariadb: PrivateMariaDB, database: str, entries: list[Entry], folder: Path) -> int:
+def load_data_infile(mariadb: PrivateMariaDB, database: str, entries: Iterable[Entry], folder: Path) -> int:
     """Method (2): per batch LOAD DATA into the staging table, INSERT ... SELECT,
     COMMIT, then empty the staging table. Returns the rows written.
 

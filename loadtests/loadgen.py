@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import multiprocessing as mp
+import random
 import resource
 import socket
 import threading
@@ -37,6 +38,7 @@ class RawHttp:
         self.host, self.port, self.timeout = host, port, timeout
         self.sock: socket.socket | None = None
         self._buf = b""
+        self.last_header = b""  # the last response's head, lower-cased
 
     def connect(self) -> None:
         self.close()
@@ -67,7 +69,7 @@ class RawHttp:
         data = self._buf
         while (end_of_head := data.find(b"\r\n\r\n")) < 0:
             data += self._recv()
-        header = data[:end_of_head].lower()
+        header = self.last_header = data[:end_of_head].lower()
         at = header.find(b"content-length:")
         if at < 0:
             self.close()
@@ -92,6 +94,17 @@ class RawHttp:
     def call(self, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
         return self.request(self.head(method, path, len(body)), body)
 
+    def retry_after(self) -> float:
+        """The last response's Retry-After in seconds (0 when it had none)."""
+        at = self.last_header.find(b"\r\nretry-after:")
+        if at < 0:
+            return 0.0
+        end = self.last_header.find(b"\r\n", at + 2)
+        try:
+            return float(self.last_header[at + 15:end if end > 0 else len(self.last_header)])
+        except ValueError:
+            return 0.0
+
 
 # -- client process -------------------------------------------------------------
 
@@ -104,6 +117,11 @@ class ClientPlan(msgspec.Struct, frozen=True):
     sessions: int = 8
     host: str = "127.0.0.1"
     max_requests: int = 0  # > 0: this process stops after that many requests (fills)
+    # This share of requests re-sends the tasks of an earlier request of the same connection (acknowledged,
+    # so no two sends of a key are in flight at once), with new content: the next of VARIANTS templates.
+    update_share: float = 0.0
+    retry_after: bool = False  # after a 429, wait its Retry-After (capped at the window's end), as clients do
+    track: bool = False  # report every acknowledged (number, variant) and every send with no clear answer
 
 
 class ClientResult(msgspec.Struct):
@@ -116,6 +134,10 @@ class ClientResult(msgspec.Struct):
     cpu_s: float
     first_errors: list[str]
     late_ms_max: float = 0.0  # open loop: how far behind schedule a send started
+    # with plan.track: flat [answer time us (monotonic), request number, variant, ...] of every 202, and
+    # flat [number, variant, ...] of sends that may or may not have been stored (no answer, or a 5xx)
+    acked: list[int] = []
+    unsure: list[int] = []
 
 
 def client_main(plan: ClientPlan, ready: Any, go: Any, start_at: Any, out: Any) -> None:
@@ -142,6 +164,8 @@ class _Tally:
         self.rows_accepted = 0
         self.errors: list[str] = []
         self.late_s = 0.0
+        self.acked = array("q")
+        self.unsure = array("q")
 
     def answered(self, status: int, answer: bytes, t0: float, t1: float, end: float) -> None:
         self.statuses[str(status)] += 1
@@ -153,6 +177,12 @@ class _Tally:
         if t1 <= end:
             self.requests_in_window += 1
             self.rows_in_window += TASKS_PER_REQUEST
+
+    def track(self, status: int, t1: float, number: int, variant: int) -> None:
+        if status == 202:
+            self.acked.extend((int(t1 * 1e6), number, variant))
+        elif status >= 500:  # e.g. a timeout after the append: it may be stored
+            self.unsure.extend((number, variant))
 
     def failed(self, exc: OSError) -> None:
         self.statuses["conn-error"] += 1
@@ -170,10 +200,13 @@ class _Tally:
         self.rows_accepted += other.rows_accepted
         self.errors = (self.errors + other.errors)[:5]
         self.late_s = max(self.late_s, other.late_s)
+        self.acked.extend(other.acked)
+        self.unsure.extend(other.unsure)
 
     def result(self, tag: str, cpu_s: float) -> ClientResult:
         return ClientResult(tag, self.latencies_ms.tolist(), dict(self.statuses), self.requests_in_window,
-                            self.rows_in_window, self.rows_accepted, cpu_s, self.errors, self.late_s * 1000)
+                            self.rows_in_window, self.rows_accepted, cpu_s, self.errors, self.late_s * 1000,
+                            self.acked.tolist(), self.unsure.tolist())
 
 
 def _send_times(plan: ClientPlan, index: int, start: float, tally: _Tally) -> Iterator[float]:
@@ -198,34 +231,79 @@ def _send_times(plan: ClientPlan, index: int, start: float, tally: _Tally) -> It
         due += interval
 
 
-def _drive(conn: RawHttp, templates: list[list[bytes]], plan: ClientPlan, index: int, start: float,
+VARIANTS = 4  # content versions of each template when plan.update_share > 0
+
+
+class _Picker:
+    """Which request a connection sends next: a new number (index,
+    index + connections, ...), or with plan.update_share an earlier
+    acknowledged one again, with the next content variant."""
+
+    def __init__(self, plan: ClientPlan, index: int) -> None:
+        self.plan = plan
+        self.next_number = index
+        self.acked: list[int] = []  # numbers this connection got a 202 for
+        self.variant: dict[int, int] = {}  # number -> variant last sent (updates only)
+        self.rng = random.Random(f"{plan.tag}/{index}")
+
+    def pick(self) -> tuple[int, int]:
+        if self.plan.update_share and self.acked and self.rng.random() < self.plan.update_share:
+            number = self.rng.choice(self.acked)
+            variant = self.variant[number] = (self.variant.get(number, 0) + 1) % VARIANTS
+            return number, variant
+        number = self.next_number
+        self.next_number += self.plan.connections
+        return number, 0
+
+    def answered(self, status: int, number: int, variant: int) -> None:
+        if status == 202 and variant == 0 and self.plan.update_share:
+            self.acked.append(number)
+
+
+def _drive(conn: RawHttp, templates: list[list[list[bytes]]], plan: ClientPlan, index: int, start: float,
            quota: Iterator[int]) -> _Tally:
     """One connection's requests. They are numbered index, index + connections, ...
-    inside the process; the plan's tag keeps processes and phases apart."""
+    inside the process; the plan's tag keeps processes and phases apart.
+    templates[variant][k]: the body parts of template k in that content variant."""
     tally = _Tally()
     heads: dict[int, bytes] = {}
-    number = index
+    picker = _Picker(plan, index)
     end = start + plan.duration
     for t0 in _send_times(plan, index, start, tally):
         if plan.max_requests and next(quota) >= plan.max_requests:
             break
-        body = stamp(templates[number % len(templates)], number)
+        number, variant = picker.pick()
+        body = stamp(templates[variant][number % len(templates[0])], number)
         head = heads.get(len(body)) or heads.setdefault(len(body), conn.head("POST", TASKS_PATH, len(body)))
-        number += plan.connections
         try:
             status, answer = conn.request(head, body)
         except OSError as exc:
             tally.failed(exc)
+            if plan.track:
+                tally.unsure.extend((number, variant))
             conn.close()  # reconnects on the next request
             time.sleep(0.05)
             continue
-        tally.answered(status, answer, t0, time.monotonic(), end)
+        t1 = time.monotonic()
+        tally.answered(status, answer, t0, t1, end)
+        picker.answered(status, number, variant)
+        if plan.track:
+            tally.track(status, t1, number, variant)
+        if status == 429 and plan.retry_after:
+            time.sleep(max(0.0, min(conn.retry_after(), end - time.monotonic())))
     return tally
 
 
-def _prepare(plan: ClientPlan) -> tuple[list[list[bytes]], list[RawHttp]]:
+def variant_templates(tag: str, sessions: int, update_share: float) -> list[list[bytes]]:
+    """templates[variant][k] as JSON bodies: variant 0 is bodies.task_templates' own;
+    the others have the same ids and sessions, other content (another seed)."""
+    return [task_templates(tag, sessions, seed=2 + v) for v in range(VARIANTS if update_share else 1)]
+
+
+def _prepare(plan: ClientPlan) -> tuple[list[list[list[bytes]]], list[RawHttp]]:
     """Build the bodies, post this process's sessions, open the connections."""
-    templates = [split_template(t) for t in task_templates(plan.tag, plan.sessions)]
+    templates = [[split_template(t) for t in variant]
+                 for variant in variant_templates(plan.tag, plan.sessions, plan.update_share)]
     setup = RawHttp(plan.host, plan.port)
     status, answer = setup.call("POST", SESSIONS_PATH, sessions_body(plan.tag, plan.sessions))
     setup.close()
