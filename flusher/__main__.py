@@ -44,7 +44,8 @@ def main() -> None:
         sys.exit(EXIT_FATAL)
     sink = open_sink(settings.sink)
     count = settings.flush.writers if sink.parallel_writes else 1
-    writers = Writers([sink, *(open_sink(settings.sink) for _ in range(count - 1))])  # connect when first used
+    writers = Writers([sink, *(open_sink(settings.sink) for _ in range(count - 1))],  # they connect when first used
+                      settings.flush.batch_rows)
     archiver = Archiver(settings)
     metrics.mark_up("flusher")
     try:

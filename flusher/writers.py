@@ -32,9 +32,12 @@ CONFLICT_RETRIES = 3  # at once, before the cycle fails and is retried with back
 
 
 class Writers:
-    def __init__(self, sinks: Sequence[Sink]) -> None:
+    def __init__(self, sinks: Sequence[Sink], share_rows: int = 1000) -> None:
+        """share_rows: the rows a writer's transaction is meant to carry (flush.batch_rows): a smaller batch is
+        not spread thinner, since each transaction costs the same three statements whatever its size."""
         assert sinks
         self._sinks = list(sinks)
+        self._share_rows = share_rows
         self._pool = ThreadPoolExecutor(len(sinks) - 1, "sink-writer") if len(sinks) > 1 else None
 
     @property
@@ -44,9 +47,11 @@ class Writers:
     def write(self, batch: Sequence[TableRows]) -> set[str]:
         """Sink.write over the writers: the sessions with a delete that left rows out, from all of them. Raises
         the first writer's error (by writer order) once every writer has finished."""
-        if self._pool is None:
+        rows = sum(len(part.rows) for part in batch)
+        count = min(len(self._sinks), -(-rows // self._share_rows))
+        if self._pool is None or count <= 1:
             return _write_retrying(self._sinks[0], batch)
-        shares = split(batch, len(self._sinks))
+        shares = split(batch, count)
         futures: list[Future[set[str]]] = [self._pool.submit(_write_retrying, sink, share)
                                            for sink, share in zip(self._sinks[1:], shares[1:]) if share]
         first: set[str] | BaseException

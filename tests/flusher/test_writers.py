@@ -73,12 +73,24 @@ def test_a_refused_share_fails_the_write_after_the_others_committed(sinks: list[
     bad[TASK_TABLE.columns.index("source_text")] = None  # NOT NULL column
     tasks[7] = tuple(bad)
     with pytest.raises(RejectedRows):
-        Writers(sinks).write([TableRows(TASK_TABLE, tasks)])
+        Writers(sinks, share_rows=100).write([TableRows(TASK_TABLE, tasks)])
     stored = {r["task_id"] for r in sink_rows(mysql_url, "translation_tasks", "task_id")}
     # The bad row's writer wrote nothing; the other writers' shares are in (a replay of them is harmless).
     (bad_share,) = [share for share in split([TableRows(TASK_TABLE, tasks)], 3)
                     if any(row[0] == "t-0007" for part in share for row in part.rows)]
     assert stored == {row[0] for row in tasks} - {row[0] for part in bad_share for row in part.rows}
+
+
+def test_a_batch_of_one_share_is_not_spread_thinner(sinks: list[Sink], mysql_url: str) -> None:
+    """300 rows with 1000 per share: one transaction (three statements, as with one writer), so one bad row
+    leaves nothing of the batch stored."""
+    tasks = [_task(f"t-{i:04d}", T0, "ok") for i in range(300)]
+    bad = list(tasks[7])
+    bad[TASK_TABLE.columns.index("source_text")] = None
+    tasks[7] = tuple(bad)
+    with pytest.raises(RejectedRows):
+        Writers(sinks, share_rows=1000).write([TableRows(TASK_TABLE, tasks)])
+    assert sink_rows(mysql_url, "translation_tasks", "task_id") == []
 
 
 def test_a_deadlock_is_retried_at_once_and_counted(sinks: list[Sink], mysql_url: str) -> None:
