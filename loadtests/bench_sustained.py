@@ -52,10 +52,8 @@ import argparse
 import logging
 import os
 import shutil
-import signal
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -76,7 +74,7 @@ from core.settings import Settings, SinkSettings, load_settings  # noqa: E402
 from core.times import now_us  # noqa: E402
 from loadtests.bench_report import LoadResult, fmt, machine_lines, phase_details  # noqa: E402
 from loadtests.bench_service import HOST, Reaper, ServiceProc, SpoolWatch, free_port  # noqa: E402
-from loadtests.bench_write import Bench, _wait_http, summarize  # noqa: E402
+from loadtests.bench_write import Bench, _wait_http, bench_main, summarize  # noqa: E402
 from loadtests.bodies import TASKS_PER_REQUEST, sessions_body, split_template, stamp  # noqa: E402
 from loadtests.dbstatus import Statements, statements  # noqa: E402
 from loadtests.direct_load import Entry, load_data_infile  # noqa: E402
@@ -667,33 +665,11 @@ def run(args: argparse.Namespace, bench: SustainedBench) -> Figures:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
-    def on_term(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, on_term)
-    os.chdir(ROOT)  # granian imports loadtests.naive_app from here
-    folder = Path(tempfile.mkdtemp(prefix="bench_sustained_"))
-    reaper = Reaper()
-    reaper.folder = None if args.keep else folder
-    bench = SustainedBench(args, reaper, folder)
-    began = time.monotonic()
-    try:
-        bench.start_database()
+    def work(bench: SustainedBench) -> tuple[str, Figures]:
         figures = run(args, bench)
-        print(report(figures))
-        print(f"\n(total run time {time.monotonic() - began:.0f} s)")
-        if args.json:
-            args.json.write_text(msgspec.json.format(msgspec.json.encode(figures).decode()))
-        return 0
-    except KeyboardInterrupt:
-        logger.info("interrupted; cleaning up")
-        return 130
-    finally:
-        bench.close()
-        reaper.cleanup()
-        if args.keep:
-            logger.info("kept %s", folder)
+        return report(figures), figures
+    return bench_main(args, "bench_sustained_", SustainedBench, work)
 
 
 if __name__ == "__main__":

@@ -307,28 +307,28 @@ def run_info(args: argparse.Namespace, bench: Bench) -> RunInfo:
     return RunInfo(machine_lines(), f"{bench.mariadb.describe()}; server {bench.monitor.version()}", load)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def bench_main(args: argparse.Namespace, prefix: str, make_bench: Callable[[argparse.Namespace, Reaper, Path], Any],
+               work: Callable[[Any], tuple[str, Any]]) -> int:
+    """Run a benchmark: a private MariaDB, work(bench) -> (report text, figures for --json); every process
+    started is killed and the temporary folder removed, also on Ctrl-C or SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
 
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_term)
-    os.chdir(ROOT)  # granian imports loadtests.null_app from here
-    folder = Path(tempfile.mkdtemp(prefix="bench_write_"))
+    os.chdir(ROOT)  # granian imports the apps under loadtests/ from here
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     reaper = Reaper()
     reaper.folder = None if args.keep else folder
-    bench = Bench(args, reaper, folder)
+    bench = make_bench(args, reaper, folder)
     began = time.monotonic()
     try:
         bench.start_database()
-        info = run_info(args, bench)
-        phases, drain = run(args, bench)
-        print(report(info, phases, drain))
+        text, figures = work(bench)
+        print(text)
         print(f"\n(total run time {time.monotonic() - began:.0f} s)")
         if args.json:
-            args.json.write_text(msgspec.json.format(msgspec.json.encode(
-                {"info": info, "phases": phases, "drain": drain}).decode()))
+            args.json.write_text(msgspec.json.format(msgspec.json.encode(figures).decode()))
         return 0
     except KeyboardInterrupt:
         logger.info("interrupted; cleaning up")
@@ -338,6 +338,16 @@ def main(argv: list[str] | None = None) -> int:
         reaper.cleanup()
         if args.keep:
             logger.info("kept %s", folder)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    def work(bench: Bench) -> tuple[str, Any]:
+        info = run_info(args, bench)
+        phases, drain = run(args, bench)
+        return report(info, phases, drain), {"info": info, "phases": phases, "drain": drain}
+    return bench_main(args, "bench_write_", Bench, work)
 
 
 if __name__ == "__main__":
