@@ -54,15 +54,12 @@ class Writers:
         shares = split(batch, count)
         futures: list[Future[set[str]]] = [self._pool.submit(_write_retrying, sink, share)
                                            for sink, share in zip(self._sinks[1:], shares[1:]) if share]
-        first: set[str] | BaseException
-        try:
-            first = _write_retrying(self._sinks[0], shares[0]) if shares[0] else set()
-        except Exception as exc:  # the others must finish first: raised below
-            first = exc
         deleted: set[str] = set()
-        errors = [first] if isinstance(first, BaseException) else []
-        if not errors:
-            deleted.update(first)  # type: ignore[arg-type]
+        errors: list[BaseException] = []
+        try:
+            deleted.update(_write_retrying(self._sinks[0], shares[0]) if shares[0] else set())
+        except Exception as exc:  # the others must finish first: raised below
+            errors.append(exc)
         for future in futures:
             error = future.exception()
             if error is not None:

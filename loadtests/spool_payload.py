@@ -61,7 +61,7 @@ def main() -> None:
         },
         "msgpack": {
             "ingest": lambda b: msgpack_encoder.encode(json_decoder.decode(b)),
-            "flusher": lambda p: _rows(msgpack_decoder.decode(p).tasks),
+            "flusher": lambda p: _rows(getattr(msgpack_decoder.decode(p), TASKS.batch_field)),
         },
     }
     spooled = {"json (today)": bodies, "msgpack": packed}
