@@ -74,6 +74,9 @@ class FlushSettings(Struct, frozen=True, forbid_unknown_fields=True):
     retry_initial: Seconds = 0.2
     retry_max: Seconds = 5.0
     stall_after: Seconds = 30.0
+    # Added to the flusher's nice value at start (all its threads): its work can wait, an acknowledgement cannot,
+    # so ingest gets the CPU first when both want it (docs/BENCHMARKS.md, "The flusher's priority").
+    nice: Annotated[int, Meta(ge=0, le=19)] = 10
 
 
 class SinkSettings(Struct, frozen=True, forbid_unknown_fields=True):

@@ -27,6 +27,8 @@ LOCK_RETRY_S = 0.2
 def main() -> None:
     settings = load_settings()
     setup_logging(settings.service.log_level)
+    if settings.flush.nice:  # before any thread starts: on Linux each thread has its own nice value, inherited
+        os.nice(settings.flush.nice)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -76,6 +76,7 @@ batch_rows = {batch_rows}
 max_delay = {max_delay}
 orphan_grace = {orphan_grace}
 stall_after = {stall_after}
+nice = {flush_nice}
 retry_initial = 0.05
 retry_max = 0.5
 [sink]
@@ -93,7 +94,7 @@ DEFAULTS: dict[str, Any] = dict(shutdown_grace=20.0, workers=2, max_body_bytes=8
                                 flush_timeout=10.0, sync="full", spool_max_bytes=64 * 1024 * 1024,
                                 batch_rows=1000, max_delay=0.2, orphan_grace=600.0, retention_interval=3600.0,
                                 body_timeout=30.0, extra_toml="", stats_cache=0.0, stall_after=30.0, max_lag=30.0,
-                                query_workers=0, backup_interval=0.0, backup_keep=7, host="127.0.0.1")
+                                flush_nice=10, query_workers=0, backup_interval=0.0, backup_keep=7, host="127.0.0.1")
 
 
 class Service:
