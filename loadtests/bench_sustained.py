@@ -661,7 +661,8 @@ def run(args: argparse.Namespace, bench: SustainedBench) -> Figures:
         figures.loaddata = bench.load_data_phase()
     if "open" in args.wanted:
         rate = args.open_rate or TARGET_OPEN_SHARE * phases["service"].rows_s
-        phases["open"] = bench.sustained_phase("open", f"service, open loop at {TARGET_OPEN_SHARE:.0%}",
+        share = f"{rate:,.0f} rows/s" if args.open_rate else f"{TARGET_OPEN_SHARE:.0%}"
+        phases["open"] = bench.sustained_phase("open", f"service, open loop at {share}",
                                              min(OPEN_MAX_S, args.duration), rate)
     figures.targets = targets(figures, bench.settings or Settings())
     figures.summary = headline(figures)
